@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = next(
+    line.split("'")[1]
+    for line in (HERE / 'apiphant' / '__init__.py').read_text().splitlines()
+    if line.startswith('__version__')
+)
+
+setup(
+    name='apiphant',
+    version=VERSION,
+    description='Simple Python web API framework: gevent, JSON, CRUD.',
+    long_description=(HERE / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='MIT',
+    python_requires='>=3.10',
+    packages=find_packages(include=['apiphant', 'apiphant.*']),
+    install_requires=['gevent>=23.9', 'ujson>=5.8'],
+    extras_require={
+        'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20'],
+        'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20'],
+    },
+    entry_points={
+        'console_scripts': [
+            'apiphant = apiphant.cli:main',
+            'apiphant-background = apiphant.cli:background_main',
+        ],
+    },
+    classifiers=[
+        'Framework :: Gevent',
+        'Programming Language :: Python :: 3',
+        'Topic :: Internet :: WWW/HTTP :: WSGI :: Application',
+    ],
+)
