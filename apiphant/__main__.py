@@ -1,0 +1,5 @@
+import sys
+
+from apiphant.cli import main
+
+sys.exit(main())

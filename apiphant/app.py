@@ -1,0 +1,154 @@
+"""The WSGI callable: path -> route, body -> request, action's result -> JSON, every error -> JSON.
+
+It is a plain WSGI app, so it runs under apiphant's server, under the in-process test client, or
+under any other WSGI server; limits it enforces (body size) do not depend on the server.
+"""
+
+import logging
+import re
+import sys
+
+import ujson
+
+from apiphant.validation import ApiError
+
+log = logging.getLogger('apiphant')
+
+MAX_BODY = 1024 * 1024
+NOT_AN_OBJECT = 'Request content should be JSON Object'
+
+# Cheap first look for tokens that decode to NaN or +-inf ('NaN', 'Infinity', 1e999, 400 digits):
+# only a body that matches is walked in Python, so ordinary requests pay one C-level regex scan.
+_MAYBE_NOT_FINITE = re.compile(rb'NaN|Infinity|[eE]\+?\d{3}|\d{300}')
+
+
+class Request(dict):
+    """A JSON object whose keys read and write as attributes: `request.id`, `request.user.name`.
+
+    Nested objects (also those inside lists) become Requests when first reached as attributes.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if type(value) is dict:
+            value = self[name] = Request(value)
+        elif type(value) is list and any(type(item) is dict for item in value):
+            value = self[name] = [Request(item) if type(item) is dict else item for item in value]
+        return value
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def __delattr__(self, name):
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def copy(self):
+        return Request(self)
+
+
+def parse_request(body):
+    """Decode a request body into a Request; anything but a JSON object is the client's error."""
+    if not body:
+        return Request()
+    try:
+        value = ujson.loads(body)
+    except (ValueError, OverflowError, RecursionError):
+        raise ApiError(400, NOT_AN_OBJECT) from None
+    if type(value) is not dict or (_MAYBE_NOT_FINITE.search(body) and not _is_finite(value)):
+        raise ApiError(400, NOT_AN_OBJECT)
+    return Request(value)
+
+
+def _is_finite(value):
+    """True if no float inside is NaN or infinite; iterative, as objects nest up to ujson's limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            if item != item or item in (float('inf'), float('-inf')):
+                return False
+        elif type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return True
+
+
+def encode(result, default=None):
+    """JSON as the seed shows it ({"hello": "world"}); NaN and infinities are not JSON, so refused."""
+    return ujson.dumps(result, separators=(', ', ': '), escape_forward_slashes=False, allow_nan=False,
+                       default=default).encode()
+
+
+class App:
+    """Serves a route table as a WSGI application."""
+
+    def __init__(self, routes, max_body=MAX_BODY):
+        self.routes = routes
+        self.max_body = max_body
+
+    def __call__(self, environ, start_response):
+        route = self.routes.get(environ['PATH_INFO'])
+        try:
+            if route is None:
+                raise ApiError(404)
+            if route.raw_environ:
+                request = environ
+            elif environ['REQUEST_METHOD'] != 'POST':
+                raise ApiError(405)
+            else:
+                request = parse_request(self.read_body(environ))
+            if route.raw_response:
+                return route.action(request, start_response)
+            result = route.action(request)
+            if result is None:
+                result = {}
+            elif not isinstance(result, dict):
+                raise TypeError(f'{route.path} returned {type(result).__name__}; '
+                                f'an action returns a dict or None')
+            body = encode(result)
+        except ApiError as error:
+            return self.error(start_response, error)
+        except Exception:
+            log.exception('500 on %s', environ['PATH_INFO'])
+            return self.error(start_response, ApiError(500))
+        start_response('200 OK', [('Content-Type', 'application/json'),
+                                  ('Content-Length', str(len(body)))])
+        return [body]
+
+    def read_body(self, environ):
+        """The body, at most max_body bytes: a larger one is refused before it is read."""
+        length = environ.get('CONTENT_LENGTH')
+        stream = environ['wsgi.input']
+        if length:
+            try:
+                length = int(length)
+            except ValueError:
+                raise ApiError(400, 'Content-Length should be a number') from None
+            if length > self.max_body:
+                raise ApiError(413)
+            return stream.read(length)
+        body = stream.read(self.max_body + 1)
+        if len(body) > self.max_body:
+            raise ApiError(413)
+        return body
+
+    @staticmethod
+    def error(start_response, error):
+        body = encode(error.body, default=str)  # an `explain` of any type still reaches the client
+        headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
+        if error.status_code == 405:
+            headers.append(('Allow', 'POST'))
+        elif error.status_code == 413:
+            headers.append(('Connection', 'close'))
+        start_response(error.status, headers, sys.exc_info())
+        return [body]
+

@@ -1,0 +1,161 @@
+"""Command line: `apiphant PRODUCT [HOST:PORT]` serves, `apiphant-background PRODUCT` runs tasks.
+
+gevent must patch the standard library before anything else is imported (the product's blocking
+libraries then become cooperative), so this module does it first: import it only as a program.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402  (after patch_all, on purpose)
+import logging  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+
+from apiphant import __version__, background, routes, server  # noqa: E402
+from apiphant.app import App  # noqa: E402
+
+log = logging.getLogger('apiphant')
+
+DEFAULT_ADDRESS = '127.0.0.1:8001'
+_SIZE_UNITS = {'k': 1024, 'm': 1024 ** 2, 'g': 1024 ** 3}
+
+
+def address(text):
+    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port)."""
+    host, colon, port = text.rpartition(':')
+    if host.startswith('[') and host.endswith(']'):
+        host = host[1:-1]
+    elif ':' in host:
+        raise argparse.ArgumentTypeError(f'{text!r}: write an IPv6 address in brackets, as [::1]:8001')
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f'{text!r} is not HOST:PORT (port 0 to 65535)')
+    return host, int(port)
+
+
+def size(text):
+    """Bytes, or with a k/m/g suffix like nginx's client_max_body_size: '1m'."""
+    number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in _SIZE_UNITS else (text, '')
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a size in bytes (e.g. 1048576 or 1m)')
+    return int(number) * _SIZE_UNITS.get(unit, 1)
+
+
+def seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a positive number of seconds')
+    return value
+
+
+def count(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of at least 1')
+    return int(text)
+
+
+def serve_parser():
+    defaults = server.Options()
+    parser = argparse.ArgumentParser(
+        prog='apiphant', description='Serve a product as POST /api/{version}/{target}/{action}.')
+    parser.add_argument('product', help='path of the product package folder, or its import name')
+    parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
+                        help=f'HOST:PORT or [IPv6]:PORT to listen on (default {DEFAULT_ADDRESS})')
+    parser.add_argument('--workers', type=count, default=defaults.workers,
+                        help='processes sharing the port (default %(default)s)')
+    parser.add_argument('--max-body', type=size, default=defaults.max_body,
+                        help='largest request body in bytes, k/m/g suffix allowed (default 1m)')
+    parser.add_argument('--idle-timeout', type=seconds, default=defaults.idle_timeout,
+                        help='close a keep-alive connection idle this long (default %(default)s s)')
+    parser.add_argument('--request-timeout', type=seconds, default=defaults.request_timeout,
+                        help='a request must arrive whole this soon after its first byte '
+                             '(default %(default)s s)')
+    parser.add_argument('--drain-timeout', type=seconds, default=defaults.drain_timeout,
+                        help='on SIGTERM, wait this long for in-flight requests (default %(default)s s)')
+    parser.add_argument('--no-access-log', dest='access_log', action='store_false',
+                        help='do not log a line per request')
+    parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
+    return parser
+
+
+def background_parser():
+    parser = argparse.ArgumentParser(
+        prog='apiphant-background', description="Run a product's background tasks (api/background).")
+    parser.add_argument('product', help='path of the product package folder, or its import name')
+    parser.add_argument('--stop-timeout', type=seconds, default=background.STOP_TIMEOUT,
+                        help='on SIGTERM, wait this long for a running task (default %(default)s s)')
+    parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
+    return parser
+
+
+def main(argv=None):
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    folder = _locate(parser, args.product)
+    try:
+        table = routes.discover(folder)
+        host, port = args.address
+        listener = server.listen(host, port)
+    except routes.ProductError as error:
+        return _fail(error)
+    except OSError as error:
+        return _fail(f'cannot listen on {host}:{port}: {error.strerror or error}')
+    options = server.Options(max_body=args.max_body, idle_timeout=args.idle_timeout,
+                             request_timeout=args.request_timeout, drain_timeout=args.drain_timeout,
+                             access_log=args.access_log, workers=args.workers)
+    _raise_fd_limit()
+    app = App(table, max_body=options.max_body)
+    bound_host, bound_port = listener.getsockname()[:2]
+    shown_host = f'[{bound_host}]' if ':' in bound_host else bound_host
+    log.info('apiphant %s serving %s (%d routes) on http://%s:%d/api/ (workers %d, max body %d, '
+             'access log %s)', __version__, folder.name, len(table), shown_host, bound_port,
+             options.workers, options.max_body, 'on' if options.access_log else 'off')
+    if not table:
+        log.warning('no actions found under %s/api/v*/', folder)
+    if options.workers > 1:
+        return server.run_workers(app, listener, options)
+    return server.serve(app, listener, options)
+
+
+def background_main(argv=None):
+    parser = background_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    folder = _locate(parser, args.product)
+    try:
+        module = background.load(folder)
+    except routes.ProductError as error:
+        return _fail(error)
+    return background.run(background.registered(), getattr(module, 'on_error', None), args.stop_timeout)
+
+
+def _locate(parser, product):
+    try:
+        return routes.locate(product)
+    except routes.ProductError as error:
+        parser.error(str(error))
+
+
+def _fail(error):
+    log.error('%s', error)
+    return 1
+
+
+def _setup_logging():
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format='%(asctime)s %(name)s %(levelname)s %(message)s')
+
+
+def _raise_fd_limit():
+    """Tens of thousands of connections need as many descriptors as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            log.warning('cannot raise the file descriptor limit to %s: %s', hard, error)

@@ -1,0 +1,400 @@
+"""gevent's pywsgi, tuned for many keep-alive clients: sockets, deadlines, drain, workers.
+
+What is changed from pywsgi and why:
+- a response goes out in one write with TCP_NODELAY: two writes meet Nagle and delayed ACK and stall
+  keep-alive clients 40 ms per request;
+- a connection is given up after `idle_timeout` with no request, and after `request_timeout` from a
+  request's first byte to its last body byte (slowloris); one reaper greenlet checks every deadline,
+  so a request costs two float stores instead of a timer;
+- the body is read before the action runs, bounded by `max_body`, so an action's time is its own;
+- every FAIRNESS_BUDGET responses the serving greenlet yields once: a client whose next request is
+  always already waiting would otherwise keep the event loop while every other connection starves;
+- SIGTERM drains: stop accepting, close idle connections, answer in-flight requests with
+  `Connection: close`, exit when they are done or `drain_timeout` has passed;
+- accept failing for lack of file descriptors is logged once per burst and retried, not fatal.
+"""
+
+import errno
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+import gevent
+from gevent import pywsgi
+from gevent.event import Event
+
+from apiphant.app import MAX_BODY, encode
+from apiphant.validation import ApiError
+
+log = logging.getLogger('apiphant')
+
+BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+FAIRNESS_BUDGET = 16
+NEVER = float('inf')
+_FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def raw_environ(action):
+    """The action gets the WSGI environ instead of a parsed request, for any HTTP method."""
+    action.raw_environ = True
+    return action
+
+
+def raw_response(action):
+    """The action gets `start_response` too and returns the WSGI body iterable itself."""
+    action.raw_response = True
+    return action
+
+
+@dataclass
+class Options:
+    max_body: int = MAX_BODY
+    idle_timeout: float = 75.0  # longer than nginx's upstream keepalive_timeout (60 s): nginx closes first
+    request_timeout: float = 30.0
+    drain_timeout: float = 10.0
+    access_log: bool = True
+    workers: int = 1
+
+
+def _bad_request_response():
+    error = ApiError(400)
+    body = encode(error.body)
+    return (b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n'
+            b'Content-Length: %d\r\n\r\n%s' % (len(body), body))
+
+
+_BAD_REQUEST = _bad_request_response()
+
+
+class _Clock:
+    """Date header and log timestamp, formatted once a second instead of once a request."""
+
+    second = 0
+    http_date = b''
+    log_time = ''
+
+    @classmethod
+    def tick(cls):
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.http_date = formatdate(now, usegmt=True).encode()
+            cls.log_time = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))
+        return cls
+
+
+class _Body(io.BytesIO):
+    """The request body, read in full before the action: nothing is left for pywsgi to discard."""
+
+    def _discard(self):
+        pass
+
+
+class Handler(pywsgi.WSGIHandler):
+    """One client connection: pywsgi's request loop with deadlines and a single-write response."""
+
+    deadline = NEVER
+    idle = False
+
+    def handle(self):
+        server = self.server
+        server.connections.add(self)
+        try:
+            super().handle()
+        finally:
+            server.connections.discard(self)
+            if not server.connections:
+                server.all_closed.set()
+
+    def read_requestline(self):
+        self.idle = True
+        self.deadline = time.monotonic() + self.server.options.idle_timeout
+        try:
+            if not self.rfile.peek(1):
+                return ''
+        except (OSError, ValueError):
+            return ''
+        finally:
+            self.idle = False
+        self.deadline = time.monotonic() + self.server.options.request_timeout
+        return super().read_requestline()
+
+    def handle_one_response(self):
+        server = self.server
+        if not self._read_body(server.options.max_body):
+            return
+        self.deadline = NEVER
+        super().handle_one_response()
+        server.served += 1
+        if server.served >= FAIRNESS_BUDGET:
+            server.served = 0
+            gevent.sleep(0)
+
+    def _read_body(self, limit):
+        """Read the body under the request deadline; past `limit`, read no more and close after."""
+        length = self.content_length
+        environ = self.environ
+        if length is not None and length > limit:
+            body = b''
+            self.close_connection = True
+        else:
+            try:
+                body = self.wsgi_input.read(limit + 1 if length is None else length)
+            except (OSError, ValueError) as error:
+                log.info('bad request body from %s: %s', self.client_address, error)
+                self.close_connection = True
+                try:
+                    self.socket.sendall(_BAD_REQUEST)
+                except OSError:
+                    pass
+                return False
+            if len(body) > limit:
+                self.close_connection = True
+            if length is None:
+                environ['CONTENT_LENGTH'] = str(len(body))
+        self.wsgi_input = environ['wsgi.input'] = _Body(body)
+        return True
+
+    def start_response(self, status, headers, exc_info=None):
+        if self.server.draining and not self.close_connection:
+            headers = [*headers, ('Connection', 'close')]
+        return super().start_response(status, headers, exc_info)
+
+    def finalize_headers(self):
+        if self.provided_date is None:
+            self.response_headers.append((b'Date', _Clock.tick().http_date))
+            self.provided_date = True
+        super().finalize_headers()
+
+    def _write_with_headers(self, data):
+        # Performance: head and body in one send (see the module docstring).
+        self.headers_sent = True
+        self.finalize_headers()
+        head = bytearray(b'HTTP/1.1 ')
+        head += self.status
+        head += b'\r\n'
+        for name, value in self.response_headers:
+            head += b'%s: %s\r\n' % (name, value)
+        head += b'\r\n'
+        if self.response_use_chunked:
+            self._sendall(head)
+            self._write(data)
+        else:
+            head += data
+            self._sendall(head)
+
+    def _handle_client_error(self, ex):
+        log.info('bad request from %s: %s', self.client_address, ex)
+        return ('400', _BAD_REQUEST)
+
+    def log_request(self):
+        stream = self.server.access_log
+        if stream is None:
+            return
+        status = self.status
+        code = status.split(' ', 1)[0] if isinstance(status, str) else status[:3].decode()
+        path = getattr(self, 'path', '-')
+        if not path.isprintable():
+            path = ascii(path)
+        duration = ((self.time_finish or time.time()) - self.time_start) * 1000
+        stream.write(f'{_Clock.tick().log_time} {self.client_address[0]} {getattr(self, "command", "-")} '
+                     f'{path} {code} {self.response_length} {duration:.2f}ms\n')
+
+    def input_pending(self):
+        """Whether the client has sent bytes not yet read (a request racing the drain)."""
+        try:
+            return self.socket._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b''
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+
+    def abort(self):
+        """Close the connection under its greenlet: a blocked read wakes up to end of file."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+
+
+class Server(pywsgi.WSGIServer):
+    handler_class = Handler
+
+    def __init__(self, listener, application, options):
+        super().__init__(listener, application, log=None, error_log=log)
+        self.options = options
+        self.access_log = sys.stderr if options.access_log else None
+        self.connections = set()
+        self.all_closed = Event()
+        self.draining = False
+        self.forced = False
+        self.served = 0
+        self.fd_exhausted = False
+        self._reaper = None
+
+    def start(self):
+        super().start()
+        self._reaper = gevent.spawn(self._reap)
+
+    def handle(self, sock, address):
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle(sock, address)
+
+    def do_read(self):
+        try:
+            accepted = super().do_read()
+        except OSError as error:
+            if error.errno not in _FD_EXHAUSTED:
+                raise
+            if not self.fd_exhausted:
+                log.warning('accept: %s; existing connections are served, new ones wait', error.strerror)
+                self.fd_exhausted = True
+            self.stop_accepting()
+            self._timer = self.loop.timer(0.1)
+            self._timer.start(self._start_accepting_if_started)
+            return None
+        if self.fd_exhausted and accepted:
+            log.warning('accept: file descriptors available again')
+            self.fd_exhausted = False
+        return accepted
+
+    def _reap(self):
+        options = self.options
+        tick = min(1.0, options.idle_timeout / 4, options.request_timeout / 4)
+        while True:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for handler in list(self.connections):
+                if handler.deadline < now:
+                    handler.abort()
+
+    def drain(self, timeout):
+        """Stop accepting and let in-flight requests finish; True when none were cut off."""
+        self.close()
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self.connections and not self.forced and time.monotonic() < deadline:
+            for handler in list(self.connections):
+                if handler.idle and not handler.input_pending():
+                    handler.abort()
+            self.all_closed.clear()
+            if self.connections:
+                self.all_closed.wait(0.05)
+        left = len(self.connections)
+        if left:
+            log.warning('drain: %d connection(s) cut off', left)
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+        return left == 0
+
+    def force_stop(self):
+        self.forced = True
+        self.all_closed.set()
+
+
+def listen(host, port):
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=BACKLOG)
+
+
+def serve(app, listener, options, parent_pid=None):
+    """Serve in this process until SIGTERM/SIGINT (or the parent's death); return the exit code."""
+    server = Server(listener, app, options)
+    stop = Event()
+
+    def on_signal():
+        if stop.is_set():
+            server.force_stop()
+        stop.set()
+
+    handlers = [gevent.signal_handler(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)]
+    if parent_pid is not None:
+        gevent.spawn(_watch_parent, parent_pid, stop)
+    server.start()
+    stop.wait()
+    log.info('pid %d: draining %d connection(s), %.0f s at most', os.getpid(), len(server.connections),
+             options.drain_timeout)
+    clean = server.drain(options.drain_timeout)
+    for handler in handlers:
+        handler.cancel()
+    log.info('pid %d: stopped', os.getpid())
+    return 0 if clean else 1
+
+
+def _watch_parent(parent_pid, stop):
+    """A worker must not outlive its master: Supervisor only knows the master."""
+    while os.getppid() == parent_pid:
+        gevent.sleep(1)
+    stop.set()
+
+
+def run_workers(app, listener, options):
+    """Fork `options.workers` processes on one listening socket and replace any that dies.
+
+    The master binds before forking so all workers share one accept queue: a worker's death loses
+    no queued connection. On SIGTERM/SIGINT the master forwards the signal and waits for them all.
+    """
+    master_pid = os.getpid()
+    workers = {}
+    stopping = False
+    handlers = []
+
+    def start_worker():
+        pid = os.fork()
+        if pid == 0:
+            for handler in handlers:
+                handler.cancel()
+            code = 1
+            try:
+                code = serve(app, listener, options, parent_pid=master_pid)
+            finally:
+                os._exit(code)
+        workers[pid] = time.monotonic()
+        return pid
+
+    def on_signal(signum):
+        nonlocal stopping
+        stopping = True
+        listener.close()
+        for pid in list(workers):
+            _kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handlers.append(gevent.signal_handler(signum, on_signal, signum))
+    for _ in range(options.workers):
+        start_worker()
+    log.info('master pid %d: %d workers %s', master_pid, len(workers), sorted(workers))
+    failures = 0
+    while workers:
+        pid, status = os.waitpid(-1, 0)
+        started = workers.pop(pid, None)
+        if started is None or stopping:
+            failures += bool(os.waitstatus_to_exitcode(status))
+            continue
+        log.error('worker pid %d died (%s); starting another', pid, _describe_status(status))
+        if time.monotonic() - started < 1:
+            gevent.sleep(1)  # a worker that dies at once would otherwise be restarted in a tight loop
+        if not stopping:
+            start_worker()
+    return 1 if failures else 0
+
+
+def _kill(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_status(status):
+    if os.WIFSIGNALED(status):
+        return f'signal {signal.Signals(os.WTERMSIG(status)).name}'
+    return f'exit code {os.waitstatus_to_exitcode(status)}'
+
