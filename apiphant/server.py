@@ -7,6 +7,8 @@ What is changed from pywsgi and why:
   request's first byte to its last body byte (slowloris); one reaper greenlet checks every deadline,
   so a request costs two float stores instead of a timer;
 - the body is read before the action runs, bounded by `max_body`, so an action's time is its own;
+  a body refused as too large is read and dropped for up to LINGER seconds after the 413, since
+  closing on unread input sends a reset that can destroy the 413 before the client reads it;
 - every FAIRNESS_BUDGET responses the serving greenlet yields once: a client whose next request is
   always already waiting would otherwise keep the event loop while every other connection starves;
 - SIGTERM drains: stop accepting, close idle connections, answer in-flight requests with
@@ -36,6 +38,7 @@ log = logging.getLogger('apiphant')
 
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 FAIRNESS_BUDGET = 16
+LINGER = 2.0
 NEVER = float('inf')
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -101,6 +104,7 @@ class Handler(pywsgi.WSGIHandler):
 
     deadline = NEVER
     idle = False
+    linger = False
 
     def handle(self):
         server = self.server
@@ -131,6 +135,9 @@ class Handler(pywsgi.WSGIHandler):
             return
         self.deadline = NEVER
         super().handle_one_response()
+        if self.linger:
+            self._drop_input()
+            return
         server.served += 1
         if server.served >= FAIRNESS_BUDGET:
             server.served = 0
@@ -142,7 +149,7 @@ class Handler(pywsgi.WSGIHandler):
         environ = self.environ
         if length is not None and length > limit:
             body = b''
-            self.close_connection = True
+            self.close_connection = self.linger = True
         else:
             try:
                 body = self.wsgi_input.read(limit + 1 if length is None else length)
@@ -155,11 +162,20 @@ class Handler(pywsgi.WSGIHandler):
                     pass
                 return False
             if len(body) > limit:
-                self.close_connection = True
+                self.close_connection = self.linger = True
             if length is None:
                 environ['CONTENT_LENGTH'] = str(len(body))
         self.wsgi_input = environ['wsgi.input'] = _Body(body)
         return True
+
+    def _drop_input(self):
+        self.deadline = time.monotonic() + LINGER
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+            while self.socket.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def start_response(self, status, headers, exc_info=None):
         if self.server.draining and not self.close_connection:
@@ -375,7 +391,9 @@ def run_workers(app, listener, options):
     while workers:
         pid, status = os.waitpid(-1, 0)
         started = workers.pop(pid, None)
-        if started is None or stopping:
+        if started is None:
+            continue  # gevent's waitpid(-1) may report an already reaped child once more
+        if stopping:
             failures += bool(os.waitstatus_to_exitcode(status))
             continue
         log.error('worker pid %d died (%s); starting another', pid, _describe_status(status))

@@ -95,6 +95,16 @@ class RunningServer:
     def port(self):
         return urlsplit(self.url).port
 
+    @contextmanager
+    def use(self):
+        """Point `config` at this server for a `with` block (when several servers run at once)."""
+        saved = (config.host, config.port)
+        config.host, config.port = self.host, self.port
+        try:
+            yield self
+        finally:
+            config.host, config.port = saved
+
 
 @contextmanager
 def serve(product, *args, host='127.0.0.1', env=None):
@@ -125,13 +135,8 @@ def serve(product, *args, host='127.0.0.1', env=None):
     try:
         if not started.wait(START_TIMEOUT) or not found:
             raise RuntimeError(f'apiphant did not start: {"".join(lines)}')
-        running = RunningServer(process, found[0], lines)
-        saved = (config.host, config.port)
-        config.host, config.port = running.host, running.port
-        try:
+        with RunningServer(process, found[0], lines).use() as running:
             yield running
-        finally:
-            config.host, config.port = saved
     finally:
         if process.poll() is None:
             process.terminate()

@@ -1,0 +1,1 @@
+raise SystemExit('not-a-module.py must never be imported')

@@ -1,0 +1,21 @@
+"""The escape hatches, alone and together."""
+
+from apiphant.server import raw_environ, raw_response
+
+
+@raw_environ
+def read(environ):
+    return {'method': environ['REQUEST_METHOD'], 'length': len(environ['wsgi.input'].read())}
+
+
+@raw_response
+def create(request, start_response):
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [b'plain ' + request.get('x', '').encode()]
+
+
+@raw_environ
+@raw_response
+def update(environ, start_response):
+    start_response('200 OK', [('Content-Type', 'text/csv')])
+    return [b'method,', environ['REQUEST_METHOD'].encode()]

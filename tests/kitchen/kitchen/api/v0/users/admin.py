@@ -1,0 +1,2 @@
+def read(request):
+    return {'who': 'admin'}
