@@ -4,6 +4,7 @@ It is a plain WSGI app, so it runs under apiphant's server, under the in-process
 under any other WSGI server; limits it enforces (body size) do not depend on the server.
 """
 
+import json
 import logging
 import re
 import sys
@@ -17,9 +18,18 @@ log = logging.getLogger('apiphant')
 MAX_BODY = 1024 * 1024
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
-# Cheap first look for tokens that decode to NaN or +-inf ('NaN', 'Infinity', 1e999, 400 digits):
-# only a body that matches is walked in Python, so ordinary requests pay one C-level regex scan.
-_MAYBE_NOT_FINITE = re.compile(rb'NaN|Infinity|[eE]\+?\d{3}|\d{300}')
+# ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
+# float (1e999, 400 digits) become NaN or +-inf; a lone UTF-16 surrogate (escaped as \ud800, or raw as
+# the bytes ED A0..BF) makes a string that cannot be encoded again; a lone '-' reads as 0, '01' as 1,
+# '1.' as 1.0. This cheap first look (one C-level regex scan) finds every body that might be one of
+# those, and only those go to Python's stricter json module as referee.
+_MAYBE_UNSOUND = re.compile(
+    rb'NaN|Infinity|[eE]\+?\d{3}|\d{300}'           # not finite
+    rb'|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]'          # surrogates
+    rb'|[:\[,]\s*(?:-?0\d|-(?!\d))|\d\.(?!\d)'     # lone minus, leading zero, trailing dot
+)
+_SURROGATE = re.compile('[\ud800-\udfff]')
+_NOT_FINITE = (float('inf'), float('-inf'))
 
 
 class Request(dict):
@@ -59,25 +69,42 @@ def parse_request(body):
     if not body:
         return Request()
     try:
-        value = ujson.loads(body)
+        value = _strict_loads(body) if _MAYBE_UNSOUND.search(body) else ujson.loads(body)
     except (ValueError, OverflowError, RecursionError):
         raise ApiError(400, NOT_AN_OBJECT) from None
-    if type(value) is not dict or (_MAYBE_NOT_FINITE.search(body) and not _is_finite(value)):
+    if type(value) is not dict:
         raise ApiError(400, NOT_AN_OBJECT)
     return Request(value)
 
 
-def _is_finite(value):
-    """True if no float inside is NaN or infinite; iterative, as objects nest up to ujson's limit."""
+def _strict_loads(body):
+    """Python's json as referee: RFC 8259 numbers, no NaN, no lone surrogates, UTF-8 only."""
+    value = json.loads(body.decode('utf-8'), parse_constant=_refuse, strict=False)
+    if not _is_sound(value):
+        raise ValueError('not finite, or a lone surrogate')
+    return value
+
+
+def _refuse(constant):
+    raise ValueError(f'{constant} is not JSON')
+
+
+def _is_sound(value):
+    """No infinity (1e999 reads as one), no lone surrogate (from an escape) in a key or string."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if type(item) is float:
-            if item != item or item in (float('inf'), float('-inf')):
+        kind = type(item)
+        if kind is float:
+            if item != item or item in _NOT_FINITE:
                 return False
-        elif type(item) is dict:
+        elif kind is str:
+            if _SURROGATE.search(item):
+                return False
+        elif kind is dict:
+            stack.extend(item)
             stack.extend(item.values())
-        elif type(item) is list:
+        elif kind is list:
             stack.extend(item)
     return True
 

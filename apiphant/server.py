@@ -13,7 +13,11 @@ What is changed from pywsgi and why:
   always already waiting would otherwise keep the event loop while every other connection starves;
 - SIGTERM drains: stop accepting, close idle connections, answer in-flight requests with
   `Connection: close`, exit when they are done or `drain_timeout` has passed;
-- accept failing for lack of file descriptors is logged once per burst and retried, not fatal.
+- accept failing for lack of file descriptors is logged once per burst and retried, not fatal;
+- request framing is strict: a header line without a colon or with a space before it, conflicting
+  Content-Length values, Content-Length beside Transfer-Encoding, or any transfer coding but chunked
+  is a 400 and a close. pywsgi would guess, and a guess that differs from a proxy's in front of it
+  is how requests are smuggled past the proxy.
 """
 
 import errno
@@ -65,14 +69,31 @@ class Options:
     workers: int = 1
 
 
-def _bad_request_response():
-    error = ApiError(400)
+def _closing_response(status_code):
+    """A complete JSON error response for requests refused before they reach the app."""
+    error = ApiError(status_code)
     body = encode(error.body)
-    return (b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n'
-            b'Content-Length: %d\r\n\r\n%s' % (len(body), body))
+    return (b'HTTP/1.1 %s\r\nContent-Type: application/json\r\nConnection: close\r\n'
+            b'Content-Length: %d\r\n\r\n%s' % (error.status.encode(), len(body), body))
 
 
-_BAD_REQUEST = _bad_request_response()
+_BAD_REQUEST = _closing_response(400)
+_URI_TOO_LONG = _closing_response(414)
+
+
+def _framing_error(headers):
+    """Why these request headers cannot be framed unambiguously, or None when they can."""
+    if headers.defects:
+        return 'malformed header line'
+    lengths = headers.get_all('Content-Length') or []
+    codings = headers.get_all('Transfer-Encoding') or []
+    if len(set(lengths)) > 1:
+        return 'conflicting Content-Length headers'
+    if codings and lengths:
+        return 'both Content-Length and Transfer-Encoding'
+    if codings and [coding.strip().lower() for coding in codings] != ['chunked']:
+        return f'unsupported Transfer-Encoding {", ".join(codings)!r}'
+    return None
 
 
 class _Clock:
@@ -129,6 +150,38 @@ class Handler(pywsgi.WSGIHandler):
         self.deadline = time.monotonic() + self.server.options.request_timeout
         return super().read_requestline()
 
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[0] == '414':
+            return self._refuse('414', _URI_TOO_LONG)
+        return result
+
+    def _refuse(self, status, response):
+        """Answer a request that never reached the app, then close without a reset (see _drop_input)."""
+        self.close_connection = True
+        try:
+            self.socket.sendall(response)
+        except OSError:
+            return None
+        self.status = status
+        self.response_length = len(response)
+        self.time_finish = time.time()
+        self.log_request()
+        self._drop_input()
+        return None
+
+    def read_request(self, raw_requestline):
+        super().read_request(raw_requestline)
+        if self.request_version == 'HTTP/0.9':
+            raise ValueError('HTTP/0.9 request')
+        return True
+
+    def MessageClass(self, fp, *args):
+        headers = super().MessageClass(fp, *args)
+        if not headers.status:
+            headers.status = _framing_error(headers) or ''
+        return headers
+
     def handle_one_response(self):
         server = self.server
         if not self._read_body(server.options.max_body):
@@ -155,11 +208,7 @@ class Handler(pywsgi.WSGIHandler):
                 body = self.wsgi_input.read(limit + 1 if length is None else length)
             except (OSError, ValueError) as error:
                 log.info('bad request body from %s: %s', self.client_address, error)
-                self.close_connection = True
-                try:
-                    self.socket.sendall(_BAD_REQUEST)
-                except OSError:
-                    pass
+                self._refuse('400', _BAD_REQUEST)
                 return False
             if len(body) > limit:
                 self.close_connection = self.linger = True
@@ -169,6 +218,8 @@ class Handler(pywsgi.WSGIHandler):
         return True
 
     def _drop_input(self):
+        """Lingering close: closing a socket with unread input sends a reset, which can destroy the
+        answer before the client reads it; so stop sending, and read and drop for up to LINGER s."""
         self.deadline = time.monotonic() + LINGER
         try:
             self.socket.shutdown(socket.SHUT_WR)
@@ -207,7 +258,7 @@ class Handler(pywsgi.WSGIHandler):
 
     def _handle_client_error(self, ex):
         log.info('bad request from %s: %s', self.client_address, ex)
-        return ('400', _BAD_REQUEST)
+        return self._refuse('400', _BAD_REQUEST)
 
     def log_request(self):
         stream = self.server.access_log
@@ -215,11 +266,11 @@ class Handler(pywsgi.WSGIHandler):
             return
         status = self.status
         code = status.split(' ', 1)[0] if isinstance(status, str) else status[:3].decode()
-        path = getattr(self, 'path', '-')
+        path = getattr(self, 'path', None) or '-'
         if not path.isprintable():
             path = ascii(path)
         duration = ((self.time_finish or time.time()) - self.time_start) * 1000
-        stream.write(f'{_Clock.tick().log_time} {self.client_address[0]} {getattr(self, "command", "-")} '
+        stream.write(f'{_Clock.tick().log_time} {self.client_address[0]} {getattr(self, "command", None) or "-"} '
                      f'{path} {code} {self.response_length} {duration:.2f}ms\n')
 
     def input_pending(self):
