@@ -71,7 +71,9 @@ def run(tasks, on_error=None, stop_timeout=STOP_TIMEOUT):
         if not due:
             stop.wait(min(task.due for task in tasks) - now)
             continue
-        task = min(due, key=lambda task: task.period)
+        # The longest-waiting task first, shortest period among equals: a task that overruns its
+        # period is due again at once, and picking by period alone would starve all the others.
+        task = min(due, key=lambda task: (task.due, task.period))
         runner = gevent.spawn(_run_one, task, on_error)
         gevent.wait([runner, stop], count=1)
         if not runner.ready():

@@ -3,9 +3,10 @@
 What is changed from pywsgi and why:
 - a response goes out in one write with TCP_NODELAY: two writes meet Nagle and delayed ACK and stall
   keep-alive clients 40 ms per request;
-- a connection is given up after `idle_timeout` with no request, and after `request_timeout` from a
-  request's first byte to its last body byte (slowloris); one reaper greenlet checks every deadline,
-  so a request costs two float stores instead of a timer;
+- a kept-alive connection is given up after `idle_timeout` with no request, and after
+  `request_timeout` from a request's first byte to its last body byte (slowloris) or from accept to
+  a first byte; one reaper greenlet checks every deadline, so a request costs two float stores
+  instead of a timer;
 - the body is read before the action runs, bounded by `max_body`, so an action's time is its own;
   a body refused as too large is read and dropped for up to LINGER seconds after the 413, since
   closing on unread input sends a reset that can destroy the 413 before the client reads it;
@@ -13,7 +14,8 @@ What is changed from pywsgi and why:
   always already waiting would otherwise keep the event loop while every other connection starves;
 - SIGTERM drains: stop accepting, close idle connections, answer in-flight requests with
   `Connection: close`, exit when they are done or `drain_timeout` has passed;
-- accept failing for lack of file descriptors is logged once per burst and retried, not fatal;
+- accept failing for lack of file descriptors pauses accepting for ACCEPT_RETRY s (the kernel queues
+  new connections meanwhile) and is logged at most once per FD_REPORT_PERIOD s, never fatal;
 - request framing is strict: a header line without a colon or with a space before it, conflicting
   Content-Length values, Content-Length beside Transfer-Encoding, or any transfer coding but chunked
   is a 400 and a close. pywsgi would guess, and a guess that differs from a proxy's in front of it
@@ -43,6 +45,8 @@ log = logging.getLogger('apiphant')
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 FAIRNESS_BUDGET = 16
 LINGER = 2.0
+ACCEPT_RETRY = 0.1
+FD_REPORT_PERIOD = 10.0
 NEVER = float('inf')
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -126,6 +130,7 @@ class Handler(pywsgi.WSGIHandler):
     deadline = NEVER
     idle = False
     linger = False
+    requests_served = 0
 
     def handle(self):
         server = self.server
@@ -138,8 +143,12 @@ class Handler(pywsgi.WSGIHandler):
                 server.all_closed.set()
 
     def read_requestline(self):
+        # A new connection gets the request timeout for its first byte, a kept-alive one the idle
+        # timeout: connecting and sending nothing must not hold a descriptor for the idle timeout.
+        options = self.server.options
         self.idle = True
-        self.deadline = time.monotonic() + self.server.options.idle_timeout
+        self.deadline = time.monotonic() + (options.idle_timeout if self.requests_served
+                                            else options.request_timeout)
         try:
             if not self.rfile.peek(1):
                 return ''
@@ -188,6 +197,7 @@ class Handler(pywsgi.WSGIHandler):
             return
         self.deadline = NEVER
         super().handle_one_response()
+        self.requests_served += 1
         if self.linger:
             self._drop_input()
             return
@@ -302,7 +312,8 @@ class Server(pywsgi.WSGIServer):
         self.draining = False
         self.forced = False
         self.served = 0
-        self.fd_exhausted = False
+        self.fd_exhausted = 0
+        self.fd_reported_at = -FD_REPORT_PERIOD
         self._reaper = None
 
     def start(self):
@@ -316,21 +327,24 @@ class Server(pywsgi.WSGIServer):
 
     def do_read(self):
         try:
-            accepted = super().do_read()
+            return super().do_read()
         except OSError as error:
             if error.errno not in _FD_EXHAUSTED:
                 raise
-            if not self.fd_exhausted:
-                log.warning('accept: %s; existing connections are served, new ones wait', error.strerror)
-                self.fd_exhausted = True
+            self._report_fd_exhausted(error)
             self.stop_accepting()
-            self._timer = self.loop.timer(0.1)
+            self._timer = self.loop.timer(ACCEPT_RETRY)
             self._timer.start(self._start_accepting_if_started)
             return None
-        if self.fd_exhausted and accepted:
-            log.warning('accept: file descriptors available again')
-            self.fd_exhausted = False
-        return accepted
+
+    def _report_fd_exhausted(self, error):
+        """Warn at most once per FD_REPORT_PERIOD: under overload accept fails many times a second."""
+        self.fd_exhausted += 1
+        now = time.monotonic()
+        if now - self.fd_reported_at >= FD_REPORT_PERIOD:
+            log.warning('accept: %s (%d time(s) since the last report); existing connections are '
+                        'served, new ones wait in the listen queue', error.strerror, self.fd_exhausted)
+            self.fd_reported_at, self.fd_exhausted = now, 0
 
     def _reap(self):
         options = self.options

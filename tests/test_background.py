@@ -127,6 +127,57 @@ def test_sigterm_during_a_hung_task_stops_cleanly(tmp_path):
     assert 'Task hang: stopped unfinished on SIGTERM.' in log
 
 
+OVERRUN = '''
+    import time
+    from pathlib import Path
+
+    from apiphant.background import seconds
+
+    JOURNAL = Path(__file__).parent.parent.parent / 'journal.txt'
+
+
+    def note(text):
+        with JOURNAL.open('a') as journal:
+            journal.write(f'{text} {time.monotonic()}\\n')
+
+
+    @seconds(0.1)
+    def hog():
+        note('hog-start')
+        time.sleep(0.3)
+        note('hog-end')
+
+
+    @seconds(0.5)
+    def rare():
+        note('rare-start')
+        note('rare-end')
+'''
+
+
+def test_a_task_that_overruns_its_period_neither_overlaps_nor_starves_the_others(tmp_path):
+    runner = Background(make_product(tmp_path, 'overrun', {'api/background.py': OVERRUN}))
+    wait_for(lambda: sum(entry[0] == 'rare-end' for entry in journal(tmp_path)) >= 3, timeout=20)
+    code, _ = runner.stop()
+    assert code == 0
+    entries = journal(tmp_path)
+    for before, after in zip(entries, entries[1:]):
+        if before[0].endswith('-start'):
+            assert after[0] == before[0].replace('-start', '-end'), 'tasks overlapped'
+    hog_starts = [float(time) for name, time in entries if name == 'hog-start']
+    assert all(later - earlier >= 0.3 for earlier, later in zip(hog_starts, hog_starts[1:]))
+
+
+def test_sigterm_lets_a_running_task_finish_within_the_stop_timeout(tmp_path):
+    folder = make_product(tmp_path, 'finish', {'api/background.py': OVERRUN.replace('0.3', '1.5')})
+    runner = Background(folder, '--stop-timeout', '20')
+    wait_for(lambda: [entry for entry in journal(tmp_path) if entry[0] == 'hog-start'])
+    code, log = runner.stop()
+    assert code == 0
+    assert journal(tmp_path)[-1][0] == 'hog-end'
+    assert 'Task hog: OK.' in log and 'background: stopped' in log
+
+
 @pytest.mark.parametrize('files, message', [
     ({'api/v0/x.py': ''}, 'has no background tasks'),
     ({'api/background.py': 'X = 1\n'}, 'defines no @seconds task'),
