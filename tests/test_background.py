@@ -13,7 +13,7 @@ from conftest import make_product, wait_for
 
 COMMAND = str(Path(sys.executable).parent / 'apiphant-background')
 
-TASKS = '''
+PREAMBLE = '''  # every task module below writes start and end lines to journal.txt
     import time
     from pathlib import Path
 
@@ -27,6 +27,9 @@ TASKS = '''
             journal.write(f'{text} {time.monotonic()}\\n')
 
 
+'''
+
+TASKS = PREAMBLE + '''
     @seconds(0.5)
     def slow():
         note('slow-start')
@@ -127,20 +130,7 @@ def test_sigterm_during_a_hung_task_stops_cleanly(tmp_path):
     assert 'Task hang: stopped unfinished on SIGTERM.' in log
 
 
-OVERRUN = '''
-    import time
-    from pathlib import Path
-
-    from apiphant.background import seconds
-
-    JOURNAL = Path(__file__).parent.parent.parent / 'journal.txt'
-
-
-    def note(text):
-        with JOURNAL.open('a') as journal:
-            journal.write(f'{text} {time.monotonic()}\\n')
-
-
+OVERRUN = PREAMBLE + '''
     @seconds(0.1)
     def hog():
         note('hog-start')
