@@ -13,7 +13,8 @@ from conftest import make_product, wait_for
 
 COMMAND = str(Path(sys.executable).parent / 'apiphant-background')
 
-PREAMBLE = '''  # every task module below writes start and end lines to journal.txt
+# Every task module below starts with this: its tasks write start and end lines to journal.txt.
+PREAMBLE = '''
     import time
     from pathlib import Path
 
