@@ -71,6 +71,22 @@ class Background:
         return code, ''.join(self.log)
 
 
+@pytest.fixture
+def background():
+    """Start `apiphant-background` runners; any still running when the test ends (failed) is killed."""
+    runners = []
+
+    def start(folder, *args):
+        runners.append(Background(folder, *args))
+        return runners[-1]
+
+    yield start
+    for runner in runners:
+        if runner.process.poll() is None:
+            runner.process.kill()
+            runner.process.wait()
+
+
 def journal(tmp_path):
     path = tmp_path / 'journal.txt'
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
@@ -81,8 +97,8 @@ def product(tmp_path, on_error_extra='pass'):
                                             TASKS.replace('{on_error_extra}', on_error_extra)})
 
 
-def test_tasks_run_one_at_a_time_shortest_period_first(tmp_path):
-    runner = Background(product(tmp_path))
+def test_tasks_run_one_at_a_time_shortest_period_first(tmp_path, background):
+    runner = background(product(tmp_path))
     wait_for(lambda: sum(entry[0] == 'slow-end' for entry in journal(tmp_path)) >= 3, timeout=20)
     code, log = runner.stop()
     assert code == 0
@@ -103,15 +119,15 @@ def test_tasks_run_one_at_a_time_shortest_period_first(tmp_path):
     assert any(entry[0] == 'on_error' and entry[1].startswith('Task_boom:') for entry in entries)
 
 
-def test_a_failing_on_error_is_logged_and_the_loop_goes_on(tmp_path):
-    runner = Background(product(tmp_path, on_error_extra="raise OSError('mail server down')"))
+def test_a_failing_on_error_is_logged_and_the_loop_goes_on(tmp_path, background):
+    runner = background(product(tmp_path, on_error_extra="raise OSError('mail server down')"))
     wait_for(lambda: sum(entry[0] == 'on_error' for entry in journal(tmp_path)) >= 2, timeout=20)
     code, log = runner.stop()
     assert code == 0
     assert 'on_error failed for task boom' in log and 'OSError: mail server down' in log
 
 
-def test_sigterm_during_a_hung_task_stops_cleanly(tmp_path):
+def test_sigterm_during_a_hung_task_stops_cleanly(tmp_path, background):
     folder = make_product(tmp_path, 'hang', {'api/background/__init__.py': '''
         import logging
         import time
@@ -124,7 +140,7 @@ def test_sigterm_during_a_hung_task_stops_cleanly(tmp_path):
             logging.getLogger('hang').warning('hanging')
             time.sleep(600)
         '''})
-    runner = Background(folder, '--stop-timeout', '0.5')
+    runner = background(folder, '--stop-timeout', '0.5')
     wait_for(lambda: any('hanging' in line for line in runner.log))
     code, log = runner.stop()
     assert code == 0
@@ -146,8 +162,8 @@ OVERRUN = PREAMBLE + '''
 '''
 
 
-def test_a_task_that_overruns_its_period_neither_overlaps_nor_starves_the_others(tmp_path):
-    runner = Background(make_product(tmp_path, 'overrun', {'api/background.py': OVERRUN}))
+def test_a_task_that_overruns_its_period_neither_overlaps_nor_starves_the_others(tmp_path, background):
+    runner = background(make_product(tmp_path, 'overrun', {'api/background.py': OVERRUN}))
     wait_for(lambda: sum(entry[0] == 'rare-end' for entry in journal(tmp_path)) >= 3, timeout=20)
     code, _ = runner.stop()
     assert code == 0
@@ -159,9 +175,9 @@ def test_a_task_that_overruns_its_period_neither_overlaps_nor_starves_the_others
     assert all(later - earlier >= 0.3 for earlier, later in zip(hog_starts, hog_starts[1:]))
 
 
-def test_sigterm_lets_a_running_task_finish_within_the_stop_timeout(tmp_path):
+def test_sigterm_lets_a_running_task_finish_within_the_stop_timeout(tmp_path, background):
     folder = make_product(tmp_path, 'finish', {'api/background.py': OVERRUN.replace('0.3', '1.5')})
-    runner = Background(folder, '--stop-timeout', '20')
+    runner = background(folder, '--stop-timeout', '20')
     wait_for(lambda: [entry for entry in journal(tmp_path) if entry[0] == 'hog-start'])
     code, log = runner.stop()
     assert code == 0
