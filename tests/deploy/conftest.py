@@ -1,0 +1,88 @@
+"""Fixtures of the deploy tests: a lab of throwaway Debian hosts and a way to run the playbooks."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import testhost
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOKS = ROOT / 'playbooks'
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / 'ansible-playbook'
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the deploy tests, saying why, only where network namespaces cannot be made."""
+    reason = testhost.can_make_namespaces()
+    if reason:
+        for item in items:
+            if Path(str(item.fspath)).parent == Path(__file__).parent:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope='session')
+def lab():
+    lab = testhost.Lab(count=1)
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture(scope='session')
+def product(lab):
+    """A copy of the example product that tests may change to make a new release."""
+    folder = lab.workdir / 'product'
+    shutil.copytree(ROOT / 'example', folder, ignore=shutil.ignore_patterns('__pycache__', 'tests'))
+    return folder
+
+
+def write_inventory(lab, product, hosts, **variables):
+    lines = ['[api]'] + [f'{host.name} ansible_host={host.address} ansible_user=root' for host in hosts]
+    values = {
+        'product_name': 'myproduct',
+        'product_source': product / 'myproduct',
+        'product_requirements': product / 'requirements.txt',
+        'apiphant_package': ROOT,
+        'server_name': '_',
+        'ansible_ssh_private_key_file': lab.key,
+        'ansible_ssh_common_args': "'" + ' '.join(testhost.ssh_options(lab.key)[2:]) + "'",
+        **variables,
+    }
+    lines += ['', '[api:vars]'] + [f'{name}={value}' for name, value in values.items()]
+    path = lab.workdir / 'inventory.ini'
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
+class PlaybookRun:
+    def __init__(self, result):
+        self.returncode = result.returncode
+        self.output = result.stdout + result.stderr
+
+    def recap(self):
+        """{host: {'ok': n, 'changed': n, 'failed': n, ...}} from the PLAY RECAP."""
+        hosts = {}
+        for host, counts in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', self.output, re.M):
+            hosts[host] = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', counts)}
+        return hosts
+
+
+@pytest.fixture(scope='session')
+def playbook(lab, product):
+    """Run a playbook against the lab's hosts: playbook('site.yml', '-e', 'x=y')."""
+    control = lab.workdir / 'cp'
+    control.mkdir(exist_ok=True)
+    env = {**os.environ, 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
+           'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control), 'ANSIBLE_CONFIG': str(PLAYBOOKS / 'ansible.cfg')}
+
+    def run(name, *args, hosts=None, **variables):
+        inventory = write_inventory(lab, product, hosts or lab.hosts, **variables)
+        result = subprocess.run([str(ANSIBLE_PLAYBOOK), '-i', str(inventory), name, *args],
+                                cwd=PLAYBOOKS, env=env, capture_output=True, text=True, timeout=900)
+        return PlaybookRun(result)
+
+    return run

@@ -1,0 +1,126 @@
+"""`ansible-playbook site.yml` on a fresh Debian 12 test host, over real SSH."""
+
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PLAYBOOKS = Path(__file__).resolve().parents[2] / 'playbooks'
+ECHO = {'hello': 'world'}
+
+
+def post(address, path, body, port=80):
+    connection = http.client.HTTPConnection(address, port, timeout=30)
+    try:
+        connection.request('POST', path, json.dumps(body), {'Content-Type': 'application/json'})
+        reply = connection.getresponse()
+        return reply.status, dict(reply.getheaders()), json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope='module')
+def host(lab):
+    return lab.hosts[0]
+
+
+@pytest.fixture(scope='module')
+def first_run(playbook):
+    run = playbook('site.yml')
+    assert run.returncode == 0, run.output
+    return run
+
+
+def on_host(host, lab, command):
+    """Run a shell command line on the host (ssh hands it to the remote shell); return its output."""
+    return host.ssh(command, key=lab.key).stdout
+
+
+def test_the_echo_answers_through_nginx(first_run, host):
+    status, headers, body = post(host.address, '/api/v0/echo/read', ECHO)
+    assert (status, body) == (200, {**ECHO, 'server': 'myproduct'})
+    assert headers['Server'] == 'nginx'  # server_tokens off: no version
+    assert headers['Content-Type'] == 'application/json'
+    assert post(host.address, '/api/v0/echo/nothing', ECHO)[0] == 404
+
+
+def test_every_program_runs_as_the_product_user(first_run, host, lab):
+    status = on_host(host, lab, 'supervisorctl status')
+    programs = [line.split() for line in status.splitlines() if line.strip()]
+    names = sorted(program[0] for program in programs)
+    cpus = int(on_host(host, lab, 'nproc'))
+    assert names == sorted([f'myproduct:myproduct-api-{8001 + n}' for n in range(cpus)]
+                           + ['myproduct:myproduct-background'])
+    assert all(program[1] == 'RUNNING' for program in programs), status
+    users = {line.split()[0] for line in on_host(host, lab, 'ps -eo user:20,args').splitlines()
+             if 'apiphant' in line and 'ps -eo' not in line}
+    assert users == {'myproduct'}
+    assert on_host(host, lab, 'getent passwd myproduct').strip().endswith(':/usr/sbin/nologin')
+
+
+def test_api_ports_listen_on_loopback_only(first_run, host, lab):
+    listening = on_host(host, lab, 'ss -Hltn')
+    api = [line.split()[3] for line in listening.splitlines() if ':80' in line.split()[3]
+           and not line.split()[3].endswith(':80')]
+    assert api and all(address.startswith('127.0.0.1:') for address in api), listening
+    with pytest.raises(OSError):
+        post(host.address, '/api/v0/echo/read', ECHO, port=8001)
+
+
+def test_configuration_checks_pass(first_run, host, lab):
+    host.ssh('nginx', '-t', key=lab.key)
+    rotate = host.ssh('logrotate', '-d', '/etc/logrotate.d/myproduct', key=lab.key)
+    output = rotate.stdout + rotate.stderr
+    assert not [line for line in output.splitlines() if line.lower().startswith('error')], output
+    assert '/opt/myproduct/log/nginx-*.log' in output
+
+
+def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host, lab):
+    for path in ('/opt/myproduct/current/myproduct', '/opt/myproduct/current/venv/bin',
+                 '/opt/myproduct/wheels'):
+        result = host.ssh('sudo', '-u', 'myproduct', 'touch', f'{path}/x', key=lab.key, check=False)
+        assert result.returncode != 0 and 'Permission denied' in result.stderr
+    host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/log/x', key=lab.key)
+
+
+def test_a_second_run_changes_nothing(first_run, playbook, host):
+    run = playbook('site.yml')
+    assert run.returncode == 0, run.output
+    recap = run.recap()[host.name]
+    assert recap['changed'] == 0 and recap['failed'] == 0, run.output
+
+
+def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, product, host, lab):
+    echo = product / 'myproduct' / 'api' / 'v0' / 'echo.py'
+    before = set(on_host(host, lab, 'ls /opt/myproduct/releases').split())
+    echo.write_text(echo.read_text().replace("'myproduct'", "'myproduct, release 2'"))
+    run = playbook('site.yml')
+    assert run.returncode == 0, run.output
+    assert 'Restart the API process on port 8001' in run.output
+    assert post(host.address, '/api/v0/echo/read', ECHO)[2]['server'] == 'myproduct, release 2'
+    after = set(on_host(host, lab, 'ls /opt/myproduct/releases').split())
+    assert before < after and len(after) == len(before) + 1
+    current = on_host(host, lab, 'readlink /opt/myproduct/current').strip()
+    assert current.rsplit('/', 1)[1] in after - before
+
+
+@pytest.mark.parametrize('variable, value, message', [
+    ('api_ports', 'abc', 'api_ports=abc'),
+    ('api_ports', '[8001, 99999]', 'api_ports=[8001, 99999]'),
+    ('product_source', '/nonexistent/product', 'product_source=/nonexistent/product'),
+    ('product_name', 'My-Product', 'product_name=My-Product'),
+])
+def test_a_bad_variable_fails_early_naming_it(first_run, playbook, host, variable, value, message):
+    run = playbook('site.yml', **{variable: value})
+    assert run.returncode != 0
+    assert message in run.output
+    assert run.recap()[host.name]['changed'] == 0
+
+
+def test_ansible_lint_is_clean():
+    result = subprocess.run([str(Path(sys.executable).parent / 'ansible-lint'), '--offline', '-q',
+                             'site.yml'], cwd=PLAYBOOKS, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,290 @@
+"""Throwaway Debian 12 test hosts on this machine, reached over real SSH.
+
+Each host is a network namespace on a private bridge (10.231.0.0/24, this machine at .1), a Debian
+rootfs from debootstrap (cached as a tarball, keyed by everything that goes into it), and a PID and
+mount namespace running a tiny init that starts sshd. A host reaches nothing but the bridge: apt
+goes through an apt-cacher-ng on 10.231.0.1 that proxies only the Debian mirror this machine uses.
+
+Run as root. `python3 tests/deploy/testhost.py clean` removes what a crashed run left behind.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get('APIPHANT_TEST_CACHE', '/var/cache/apiphant-tests'))
+PREFIX = 'apiphant-t'  # every name this harness creates starts so: netns, links, temp dirs
+BRIDGE = 'apiphant-br0'
+GATEWAY = '10.231.0.1'
+SUITE = 'bookworm'
+PACKAGES = 'openssh-server,python3,python3-apt,sudo,iproute2'
+PROXY_PORT = 3142
+FORMAT = 2  # bump when the way a rootfs is made or configured changes
+
+INIT = '''#!/bin/sh
+# PID 1 of a test host: mount what a booted Debian has, start sshd, reap orphans.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/sshd /run/lock
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+mount --bind /dev/pts/ptmx /dev/ptmx
+mount -t tmpfs tmpfs /dev/shm
+hostname "$(cat /etc/hostname)"
+/usr/sbin/sshd -E /var/log/sshd.log
+trap 'exit 0' TERM
+while :; do wait; sleep 1; done
+'''
+
+
+def run(*command, **options):
+    """Run a command; on failure raise with its output, naming the step."""
+    result = subprocess.run(command, capture_output=True, text=True, **options)
+    if result.returncode:
+        raise RuntimeError(f'{" ".join(map(str, command))} failed ({result.returncode}): '
+                           f'{result.stderr.strip() or result.stdout.strip()}')
+    return result.stdout
+
+
+def quiet(*command):
+    """Run a teardown command whose failure only means there was nothing to remove."""
+    subprocess.run(command, capture_output=True)
+
+
+def can_make_namespaces():
+    """Whether `ip netns add` works here; the deploy tests are skipped (with this reason) if not."""
+    if os.geteuid() != 0:
+        return 'the deploy tests need root (network namespaces, chroot)'
+    name = f'{PREFIX}probe'
+    quiet('ip', 'netns', 'del', name)
+    result = subprocess.run(['ip', 'netns', 'add', name], capture_output=True, text=True)
+    quiet('ip', 'netns', 'del', name)
+    return None if result.returncode == 0 else f'ip netns add is impossible here: {result.stderr.strip()}'
+
+
+def debian_mirror():
+    """The Debian mirror apt already uses on this machine: the only place test hosts may reach."""
+    lines = run('apt-get', 'indextargets', '--format', '$(REPO_URI) $(RELEASE)').split('\n')
+    for line in lines:
+        uri, _, release = line.partition(' ')
+        if release == SUITE:
+            return uri if uri.endswith('/') else uri + '/'
+    raise RuntimeError(f'no {SUITE} repository in `apt-get indextargets`: apt has no Debian mirror')
+
+
+def rootfs_tarball(mirror):
+    """A pristine debootstrap of Debian 12, cached; its name hashes every input, so a change of
+    package list, mirror, format or the mirror's release date makes a new one."""
+    lists = Path('/var/lib/apt/lists')
+    release = next(iter(sorted(lists.glob(f'*_dists_{SUITE}_InRelease'))), None)
+    release_date = next((line for line in release.read_text(errors='replace').splitlines()
+                         if line.startswith('Date:')), '') if release else ''
+    key = hashlib.sha256(f'{FORMAT} {SUITE} {PACKAGES} {mirror} {release_date}'.encode()).hexdigest()[:16]
+    tarball = CACHE / f'rootfs-{SUITE}-{key}.tar'
+    if tarball.exists():
+        return tarball
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=PREFIX, dir=CACHE) as scratch:
+        root = Path(scratch) / 'root'
+        run('debootstrap', '--variant=minbase', f'--include={PACKAGES}', SUITE, root, mirror)
+        partial = Path(scratch) / 'rootfs.tar'
+        run('tar', '-C', root, '--numeric-owner', '-cf', partial, '.')
+        partial.rename(tarball)
+    return tarball
+
+
+class Proxy:
+    """apt-cacher-ng on the bridge address: the Debian mirror, nothing else (ForceManaged)."""
+
+    def __init__(self, workdir, mirror):
+        self.confdir = workdir / 'acng'
+        self.confdir.mkdir()
+        (CACHE / 'acng').mkdir(parents=True, exist_ok=True)
+        # apt-cacher-ng runs as root here and writes its cache outside the repo, kept between runs.
+        (self.confdir / 'acng.conf').write_text(
+            f'CacheDir: {CACHE / "acng"}\nLogDir: {self.confdir}\nPort: {PROXY_PORT}\n'
+            f'BindAddress: {GATEWAY}\nForeGround: 1\nForceManaged: 1\nExThreshold: 30\n'
+            f'Remap-debrep: /debian ; {mirror}\nPidFile: {self.confdir}/pid\n'
+            f'SocketPath: {self.confdir}/socket\n')
+        self.log = (workdir / 'acng.out').open('w')
+        self.process = subprocess.Popen(['/usr/sbin/apt-cacher-ng', '-c', str(self.confdir)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(GATEWAY, PROXY_PORT, 30, self.process)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+def wait_for_port(host, port, timeout, process=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError as error:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f'{process.args[0]} exited ({process.returncode}) before '
+                                   f'listening on {host}:{port}') from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'nothing listens on {host}:{port} after {timeout} s: {error}')
+            time.sleep(0.1)
+
+
+class Host:
+    """One test host: namespace `apiphant-tN`, address 10.231.0.(N+1), root over SSH with `key`."""
+
+    def __init__(self, number, workdir, tarball, public_key):
+        self.number = number
+        self.name = f'{PREFIX}{number}'
+        self.address = f'10.231.0.{number + 1}'
+        self.root = workdir / self.name
+        self.root.mkdir()
+        run('tar', '-C', self.root, '--numeric-owner', '-xf', tarball)
+        self._configure(public_key)
+        self._network()
+        self.process = subprocess.Popen(
+            ['ip', 'netns', 'exec', self.name, 'unshare', '--mount', '--pid', '--uts', '--ipc', '--fork',
+             '--kill-child', '--propagation', 'private', 'chroot', str(self.root), '/usr/local/sbin/init'],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.address, 22, 30, self.process)
+
+    def _configure(self, public_key):
+        etc = self.root / 'etc'
+        init = self.root / 'usr/local/sbin/init'
+        init.write_text(INIT)
+        init.chmod(0o755)
+        (etc / 'hostname').write_text(f'{self.name}\n')
+        (etc / 'hosts').write_text(f'127.0.0.1 localhost\n{self.address} {self.name}\n')
+        (etc / 'apt/sources.list').write_text(f'deb http://{GATEWAY}:{PROXY_PORT}/debian {SUITE} main\n')
+        # Package lists as stale as a long-installed host's, so the playbook must refresh them.
+        lists = self.root / 'var/lib/apt/lists'
+        for index in lists.glob('*_*'):
+            index.unlink()
+        os.utime(lists, (0, 0))
+        # Daemons start on install, as on a real host (the rootfs has no init system to do it).
+        policy = self.root / 'usr/sbin/policy-rc.d'
+        policy.write_text('#!/bin/sh\nexit 0\n')
+        policy.chmod(0o755)
+        sshd_config = etc / 'ssh/sshd_config'
+        sshd_config.write_text(sshd_config.read_text().replace('\nAcceptEnv', '\n#AcceptEnv')
+                               + f'\nListenAddress {self.address}\nUseDNS no\n')
+        ssh = self.root / 'root/.ssh'
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        (ssh / 'authorized_keys').write_text(public_key)
+
+    def _network(self):
+        inside, outside = f'{self.name}c', f'{self.name}h'
+        run('ip', 'netns', 'add', self.name)
+        run('ip', 'link', 'add', outside, 'type', 'veth', 'peer', 'name', inside)
+        run('ip', 'link', 'set', outside, 'master', BRIDGE, 'up')
+        run('ip', 'link', 'set', inside, 'netns', self.name)
+        in_ns = ('ip', 'netns', 'exec', self.name, 'ip')
+        run(*in_ns, 'link', 'set', 'lo', 'up')
+        run(*in_ns, 'addr', 'add', f'{self.address}/24', 'dev', inside)
+        run(*in_ns, 'link', 'set', inside, 'up')
+        # A default route into a dead end: Ansible's default IPv4 facts need one; nothing leaves.
+        run(*in_ns, 'link', 'add', 'dead0', 'type', 'veth', 'peer', 'name', 'dead1')
+        run(*in_ns, 'addr', 'add', '192.0.2.1/30', 'dev', 'dead0')
+        run(*in_ns, 'link', 'set', 'dead0', 'up')
+        run(*in_ns, 'route', 'add', 'default', 'via', '192.0.2.2', 'dev', 'dead0')
+
+    def ssh(self, *command, key, check=True):
+        """Run a command on the host as root over SSH; return the completed process."""
+        result = subprocess.run(['ssh', *ssh_options(key), f'root@{self.address}', *command],
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode:
+            raise RuntimeError(f'{" ".join(command)} on {self.name} failed ({result.returncode}): '
+                               f'{result.stderr.strip() or result.stdout.strip()}')
+        return result
+
+    def stop(self):
+        # unshare ignores SIGTERM; --kill-child takes the whole PID namespace down with it.
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        remove_host(self.name, self.root)
+
+
+def ssh_options(key):
+    return ['-i', str(key), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
+            '-o', 'LogLevel=ERROR', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
+
+
+def remove_host(name, root=None):
+    quiet('ip', 'netns', 'del', name)
+    quiet('ip', 'link', 'del', f'{name}h')
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Lab:
+    """The bridge, the apt proxy and the hosts of one test session."""
+
+    def __init__(self, count=1):
+        clean()
+        self.workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
+        self.hosts, self.proxy = [], None
+        try:
+            mirror = debian_mirror()
+            tarball = rootfs_tarball(mirror)
+            self.key = self.workdir / 'id_ed25519'
+            run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'apiphant-tests', '-f', self.key)
+            run('ip', 'link', 'add', BRIDGE, 'type', 'bridge')
+            run('ip', 'addr', 'add', f'{GATEWAY}/24', 'dev', BRIDGE)
+            run('ip', 'link', 'set', BRIDGE, 'up')
+            self.proxy = Proxy(self.workdir, mirror)
+            public_key = Path(f'{self.key}.pub').read_text()
+            for number in range(1, count + 1):
+                self.hosts.append(Host(number, self.workdir, tarball, public_key))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        for host in self.hosts:
+            host.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        quiet('ip', 'link', 'del', BRIDGE)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def clean():
+    """Remove what a crashed run left: namespaces, links and temp dirs named apiphant-t*, and the
+    processes running inside those namespaces (found by namespace, never by name)."""
+    for line in subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ''
+        if name.startswith(PREFIX):
+            for pid in subprocess.run(['ip', 'netns', 'pids', name], capture_output=True,
+                                      text=True).stdout.split():
+                quiet('kill', '-KILL', pid)
+            remove_host(name)
+    quiet('ip', 'link', 'del', BRIDGE)
+    for leftover in Path(tempfile.gettempdir()).glob(f'{PREFIX}*'):
+        kill_proxy(leftover / 'acng')
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def kill_proxy(confdir):
+    """Kill a crashed run's apt-cacher-ng by the PID file it wrote, if that PID still runs it."""
+    try:
+        pid = int((confdir / 'pid').read_text().split()[0])
+        command = Path(f'/proc/{pid}/cmdline').read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if str(confdir).encode() in command:
+        quiet('kill', '-KILL', str(pid))
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] != ['clean']:
+        sys.exit(f'usage: {sys.argv[0]} clean')
+    clean()
