@@ -8,17 +8,30 @@ from pathlib import Path
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'run.py'
+CONTENDERS = ('apiphant', 'apiphant, access log', 'bare gevent', 'bare gevent, TCP_NODELAY', 'falcon')
+
+pytestmark = pytest.mark.skipif(not shutil.which('wrk'), reason='wrk is not installed (tests/run installs it)')
 
 
-@pytest.mark.skipif(not shutil.which('wrk'), reason='wrk is not installed (tests/run installs it)')
-def test_quick_benchmark_prints_every_contender_and_the_ratios():
-    result = subprocess.run([sys.executable, str(BENCHMARK), '--quick'], capture_output=True, text=True,
+def benchmark(*arguments):
+    result = subprocess.run([sys.executable, str(BENCHMARK), *arguments], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith('| ') and ' conns' not in line]
-    for contender in ('apiphant', 'bare gevent', 'bare gevent, TCP_NODELAY', 'falcon'):
-        for connections in (64, 256):
-            row = next(row for row in rows if row.startswith(f'| {contender} | {connections} |'))
-            assert float(row.split('|')[3].replace(',', '')) > 0, row
-    for ratio in ('apiphant / bare gevent |', 'apiphant / falcon |'):
-        assert any(line.startswith(f'| {ratio}') for line in rows), result.stdout
+    return [line.split(' | ') for line in result.stdout.splitlines() if line.startswith('| ')]
+
+
+def test_quick_benchmark_prints_every_contender_and_the_ratios():
+    rows = benchmark('--quick')
+    for contender in CONTENDERS:
+        for connections in ('64', '256'):
+            row = next(row for row in rows if row[0] == f'| {contender}' and row[1] == connections)
+            assert float(row[2].replace(',', '')) > 0, row
+    ratios = [row[0] for row in rows if row[0].startswith('| apiphant / ')]
+    assert ratios == ['| apiphant / bare gevent', '| apiphant / bare gevent, TCP_NODELAY', '| apiphant / falcon']
+
+
+def test_concurrency_mode_counts_connections_from_the_server_side():
+    rows = benchmark('--connections', '200', '--seconds', '2')
+    held = {row[0]: int(row[2]) for row in rows if row[1] == '200'}
+    assert set(held) == {'| apiphant', '| bare gevent, TCP_NODELAY'}
+    assert all(count > 0 for count in held.values()), held

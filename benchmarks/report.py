@@ -1,0 +1,79 @@
+"""Markdown tables of a run, the machine it ran on, and benchmarks/RESULTS.md."""
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from contenders import HERE, LOAD_CPU, SERVER_CPU
+
+RESULTS = HERE / 'RESULTS.md'
+BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon')
+_PREAMBLE = ('# Benchmark results\n\nWritten by `benchmarks/run.py --write`. The machines are shared and '
+             'their speed drifts between runs: only numbers from one run (one section) compare.\n')
+
+
+def throughput(contenders, connection_counts):
+    lines = ['| contender | conns | req/s (median) | p50 ms | p99 ms | socket errors | non-2xx '
+             '| peak RSS MiB | server CPU µs/request |', '|---|---|---|---|---|---|---|---|---|']
+    medians = {}
+    for connections in connection_counts:
+        for contender in contenders:
+            results = contender.results[connections]
+            rate = medians[contender.name, connections] = statistics.median(
+                result.requests_per_second for result in results)
+            lines.append(
+                f'| {contender.name} | {connections} | {rate:,.0f} '
+                f'| {statistics.median(r.p50_ms for r in results):.2f} '
+                f'| {statistics.median(r.p99_ms for r in results):.2f} '
+                f'| {sum(r.socket_errors for r in results)} | {sum(r.non_2xx for r in results)} '
+                f'| {contender.peak_rss_kib / 1024:.1f} '
+                f'| {statistics.median(r.cpu_us_per_request for r in results):.0f} |')
+    lines += ['', '| ratio (median req/s, same run) | '
+              + ' | '.join(f'{connections} conns' for connections in connection_counts) + ' |',
+              '|---|' + '---|' * len(connection_counts)]
+    for baseline in BASELINES:
+        ratios = [medians['apiphant', c] / medians[baseline, c] if medians[baseline, c] else float('nan')
+                  for c in connection_counts]
+        lines.append(f'| apiphant / {baseline} | ' + ' | '.join(f'{ratio:.2f}' for ratio in ratios) + ' |')
+    return '\n'.join(lines)
+
+
+def concurrency_header():
+    return ('| contender | connections asked | established (ss, peak) | socket errors | req/s | p99 ms '
+            '| peak RSS MiB | RSS per connection KiB |\n|---|---|---|---|---|---|---|---|')
+
+
+def concurrency_row(contender, connections, established, result, rss_before_kib):
+    peak = contender.peak_rss_kib
+    per_connection = (peak - rss_before_kib) / established if established else float('nan')
+    return (f'| {contender.name} | {connections} | {established} | {result.socket_errors} '
+            f'| {result.requests_per_second:,.0f} | {result.p99_ms:.1f} | {peak / 1024:.1f} '
+            f'| {per_connection:.1f} |')
+
+
+def machine():
+    cpu = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
+                if line.startswith('model name')), platform.processor())
+    versions = subprocess.run([sys.executable, '-c', 'import apiphant, gevent, ujson, falcon; '
+                               'print(f"apiphant {apiphant.__version__}, gevent {gevent.__version__}, '
+                               'ujson {ujson.__version__}, falcon {falcon.__version__}")'],
+                              capture_output=True, text=True).stdout.strip()
+    wrk_version = subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' Copyright')[0]
+    return (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({cpu}); '
+            f'Python {platform.python_version()}, {versions}, {wrk_version.strip()}; '
+            f'servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}')
+
+
+def write(title, command, text):
+    """Replace this section of RESULTS.md (throughput or concurrency), keeping the other one."""
+    sections = {}
+    if RESULTS.exists():
+        for match in re.finditer(r'^## (.+?)\n(.*?)(?=^## |\Z)', RESULTS.read_text(), re.M | re.S):
+            sections[match.group(1)] = match.group(2).strip()
+    sections[title] = f'`{command}`\n\n{text}'
+    RESULTS.write_text(_PREAMBLE + ''.join(f'\n## {name}\n\n{body}\n' for name, body in sections.items()))
