@@ -40,7 +40,7 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, **variables):
+def write_inventory(lab, product, hosts, file='inventory.ini', **variables):
     lines = ['[api]'] + [f'{host.name} ansible_host={host.address} ansible_user=root' for host in hosts]
     values = {
         'product_name': 'myproduct',
@@ -53,7 +53,7 @@ def write_inventory(lab, product, hosts, **variables):
         **variables,
     }
     lines += ['', '[api:vars]'] + [f'{name}={value}' for name, value in values.items()]
-    path = lab.workdir / 'inventory.ini'
+    path = lab.workdir / file
     path.write_text('\n'.join(lines) + '\n')
     return path
 
@@ -72,17 +72,36 @@ class PlaybookRun:
 
 
 @pytest.fixture(scope='session')
-def playbook(lab, product):
-    """Run a playbook against the lab's hosts: playbook('site.yml', '-e', 'x=y')."""
+def ansible_env(lab):
+    """What ansible-playbook needs here: no colour, no host key prompts, SSH sockets in the lab."""
     control = lab.workdir / 'cp'
     control.mkdir(exist_ok=True)
-    env = {**os.environ, 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
-           'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control), 'ANSIBLE_CONFIG': str(PLAYBOOKS / 'ansible.cfg')}
+    return {**os.environ, 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
+            'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control), 'ANSIBLE_CONFIG': str(PLAYBOOKS / 'ansible.cfg')}
+
+
+@pytest.fixture(scope='session')
+def playbook(lab, product, ansible_env):
+    """Run a playbook against the lab's hosts: playbook('site.yml', '-e', 'x=y')."""
 
     def run(name, *args, hosts=None, **variables):
         inventory = write_inventory(lab, product, hosts or lab.hosts, **variables)
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), '-i', str(inventory), name, *args],
-                                cwd=PLAYBOOKS, env=env, capture_output=True, text=True, timeout=900)
+                                cwd=PLAYBOOKS, env=ansible_env, capture_output=True, text=True, timeout=900)
+        return PlaybookRun(result)
+
+    return run
+
+
+@pytest.fixture(scope='session')
+def fab(lab, product, ansible_env):
+    """Run `fab ARGS` in deploy/ with the lab's inventory: fab('deploy', host.address)."""
+    inventory = write_inventory(lab, product, lab.hosts, file='fab-inventory.ini')
+    env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
+
+    def run(*args):
+        result = subprocess.run([str(Path(sys.executable).parent / 'fab'), *args], cwd=ROOT / 'deploy',
+                                env=env, capture_output=True, text=True, timeout=900)
         return PlaybookRun(result)
 
     return run

@@ -1,0 +1,183 @@
+"""Day-to-day deploy tasks (Fabric 3). State changes live in ../playbooks; these tasks drive them
+host by host and add what Ansible is clumsy at: status, logs, fast failure, one line per step.
+
+    fab deploy HOST          site.yml on HOST: an inventory host's name or address (user@host:port
+                             works), or a group: `fab deploy api` rolls out to every API host in turn
+    fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
+    fab rollback HOST        back to the previous release, one port at a time
+    fab restart HOST         rolling restart, one port at a time
+    fab status HOST          releases (current marked), supervisor programs, last log lines
+    fab logs HOST            the API, background and nginx logs (--follow to keep reading)
+
+The hosts and the product come from the Ansible inventory named by `inventory` in fabric.yaml (or
+the environment variable FABRIC_INVENTORY), so nothing here knows the product.
+"""
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from fabric import Connection, task
+from invoke.exceptions import Exit
+
+HERE = Path(__file__).resolve().parent
+PLAYBOOKS = HERE.parent / 'playbooks'
+CONNECT_TIMEOUT = 10
+
+
+def ansible_tool(name):
+    """The Ansible command installed beside this Python (a virtualenv), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise Exit(f'{name} not found: pip install "apiphant[deploy]"')
+    return found
+
+
+def inventory_path(c):
+    path = Path(c.config.get('inventory', '../playbooks/inventory/production.ini'))
+    path = path if path.is_absolute() else (HERE / path).resolve()
+    if not path.exists():
+        raise Exit(f'inventory {path} does not exist: copy playbooks/inventory/example.ini there, '
+                   f'or set FABRIC_INVENTORY')
+    return path
+
+
+def local(c, command, **options):
+    """Run a command on this machine, whether the task got a Connection (-H) or a plain Context."""
+    return (c.local if isinstance(c, Connection) else c.run)(command, **options)
+
+
+def step(host, text):
+    print(f'[{host}] {text}', flush=True)
+
+
+def inventory(c):
+    """The inventory as Ansible resolves it: {group: {'hosts': [...]}, '_meta': {'hostvars': ...}}."""
+    result = local(c, f'{ansible_tool("ansible-inventory")} -i {inventory_path(c)} --list', hide=True,
+                     warn=True)
+    if result.failed:
+        raise Exit(f'cannot read the inventory {inventory_path(c)}: {result.stderr.strip()}')
+    return json.loads(result.stdout)
+
+
+def targets(c, host):
+    """The hosts a task acts on: HOST (or Fabric's -H host), or every host of the group HOST names."""
+    if isinstance(c, Connection):  # fab -H: put back the user and port given with it, if any
+        host = c.original_host
+        if c.user != c.config.user:
+            host = f'{c.user}@{host}'
+        if c.port != c.config.port:
+            host = f'{host}:{c.port}'
+    listing = inventory(c)
+    hostvars = listing.get('_meta', {}).get('hostvars', {})
+    if host in listing and listing[host].get('hosts'):
+        return [Target(name, hostvars.get(name, {})) for name in listing[host]['hosts']]
+    wanted = Connection(host)
+    for name, variables in hostvars.items():
+        if wanted.host in (name, variables.get('ansible_host')):
+            return [Target(name, variables, host)]
+    raise Exit(f'{host} is neither a host nor a group of {inventory_path(c)}')
+
+
+class Target:
+    """One API host: its inventory name and variables, and how to reach it over SSH."""
+
+    def __init__(self, name, variables, spec=''):
+        self.name = name
+        self.variables = variables
+        self.product = variables.get('product_name', '')
+        self.home = variables.get('product_home', f'/opt/{self.product}')
+        address = variables.get('ansible_host', name)
+        given = Connection(spec) if spec else None  # user@host:port, as on the command line
+        user = given.user if '@' in spec else variables.get('ansible_user')
+        port = given.port if re.search(r':\d+$', spec) else variables.get('ansible_port', 22)
+        key = variables.get('ansible_ssh_private_key_file')
+        self.overrides = {'ansible_user': user, 'ansible_port': port} if given else {}
+        self.connection = Connection(address, user=user, port=int(port), connect_timeout=CONNECT_TIMEOUT,
+                                     connect_kwargs={'key_filename': [key]} if key else {})
+
+    def run(self, command, **options):
+        return self.connection.run(command, hide=True, warn=True, in_stream=False, **options)
+
+
+def reach(target):
+    """Fail fast, naming the host, when it cannot be reached over SSH."""
+    step(target.name, 'checking SSH')
+    try:
+        target.run('true')
+    except Exception as error:  # paramiko and socket errors alike: all mean "cannot reach"
+        raise Exit(f'[{target.name}] cannot reach {target.connection.host}:{target.connection.port} '
+                   f'over SSH: {error}') from None
+
+
+def playbook(c, target, name, what):
+    """Run one playbook limited to this host; on failure name the host and the task that failed."""
+    step(target.name, f'{what}: ansible-playbook {name}')
+    extra = ' '.join(f'-e {key}={value}' for key, value in target.overrides.items() if value)
+    result = local(c, f'cd {PLAYBOOKS} && {ansible_tool("ansible-playbook")} -i {inventory_path(c)} '
+                     f'--limit {target.name} {extra} {name}', warn=True, pty=False)
+    if result.failed:
+        tasks = re.findall(r'^(?:TASK|RUNNING HANDLER) \[(.+?)\]', result.stdout, re.M)
+        failed_at = f' at task "{tasks[-1]}"' if tasks else ''
+        raise Exit(f'[{target.name}] {what} failed{failed_at} (ansible-playbook {name}, exit '
+                   f'{result.exited}); see the output above')
+    step(target.name, f'{what}: done')
+
+
+# Invoke makes a parameter positional only while it has no default, and then requires it; with
+# Fabric's -H the host comes from there instead, so HOST is positional only when -H is not given.
+HOSTS_FLAG = any(arg in ('-H', '--hosts') or arg.startswith(('--hosts=', '-H')) for arg in sys.argv[1:])
+host_task = task(positional=[] if HOSTS_FLAG else ['host'])
+
+
+def for_each(c, host, name, what):
+    for target in targets(c, host):
+        reach(target)
+        playbook(c, target, name, what)
+
+
+@host_task
+def deploy(c, host=None):
+    """Provision HOST (or each host of a group, one after another) and release the product there."""
+    for_each(c, host, 'site.yml', 'deploy')
+
+
+@host_task
+def rollback(c, host=None):
+    """Switch HOST back to its previous release, restarting one port at a time."""
+    for_each(c, host, 'rollback.yml', 'rollback')
+
+
+@host_task
+def restart(c, host=None):
+    """Restart the API processes of HOST one port at a time, each answering before the next."""
+    for_each(c, host, 'restart.yml', 'rolling restart')
+
+
+@host_task
+def status(c, host=None):
+    """Releases (current marked with *), supervisor program states and the last log lines."""
+    for target in targets(c, host):
+        reach(target)
+        current = target.run(f'readlink {target.home}/current').stdout.strip().rsplit('/', 1)[-1]
+        releases = target.run(f'ls -1t {target.home}/releases').stdout.split()
+        step(target.name, 'releases (newest first, * current):')
+        for release in releases:
+            print(f'  {"*" if release == current else " "} {release}')
+        step(target.name, 'programs:')
+        print(target.run(f"supervisorctl status '{target.product}:*'").stdout.rstrip())
+        step(target.name, 'last log lines:')
+        print(target.run(f'tail -n 3 {target.home}/log/*.log').stdout.rstrip())
+
+
+@host_task
+def logs(c, host=None, lines=50, follow=False):
+    """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends)."""
+    for target in targets(c, host):
+        reach(target)
+        command = f'tail -n {int(lines)} {"-F " if follow else ""}{target.home}/log/*.log'
+        step(target.name, command)
+        target.connection.run(command, warn=True, in_stream=False)
