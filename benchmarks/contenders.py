@@ -41,6 +41,7 @@ def everyone():
         Contender('bare gevent', [python, str(HERE / 'bare.py'), '{port}']),
         Contender('bare gevent, TCP_NODELAY', [python, str(HERE / 'bare.py'), '{port}', '--nodelay']),
         Contender('falcon', [python, str(HERE / 'falcon_echo.py'), '{port}']),
+        Contender('httptools core', [python, str(HERE / 'httptools_echo.py'), '{port}']),
     ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from contenders import HERE, LOAD_CPU, SERVER_CPU
 
 RESULTS = HERE / 'RESULTS.md'
-BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon')
+BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon', 'httptools core')
 _PREAMBLE = ('# Benchmark results\n\nWritten by `benchmarks/run.py --write`. The machines are shared and '
              'their speed drifts between runs: only numbers from one run (one section) compare.\n')
 
@@ -44,14 +44,14 @@ def throughput(contenders, connection_counts):
 
 
 def concurrency_header():
-    return ('| contender | connections asked | established (ss, peak) | socket errors | req/s | p99 ms '
-            '| peak RSS MiB | RSS per connection KiB |\n|---|---|---|---|---|---|---|---|')
+    return ('| contender | connections asked | established (ss, peak) | peak reached after s | socket errors '
+            '| req/s | p99 ms | peak RSS MiB | RSS per connection KiB |\n|---|---|---|---|---|---|---|---|---|')
 
 
-def concurrency_row(contender, connections, established, result, rss_before_kib):
+def concurrency_row(contender, connections, established, established_seconds, result, rss_before_kib):
     peak = contender.peak_rss_kib
     per_connection = (peak - rss_before_kib) / established if established else float('nan')
-    return (f'| {contender.name} | {connections} | {established} | {result.socket_errors} '
+    return (f'| {contender.name} | {connections} | {established} | {established_seconds:.1f} | {result.socket_errors} '
             f'| {result.requests_per_second:,.0f} | {result.p99_ms:.1f} | {peak / 1024:.1f} '
             f'| {per_connection:.1f} |')
 
@@ -59,9 +59,10 @@ def concurrency_row(contender, connections, established, result, rss_before_kib)
 def machine():
     cpu = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
                 if line.startswith('model name')), platform.processor())
-    versions = subprocess.run([sys.executable, '-c', 'import apiphant, gevent, ujson, falcon; '
+    versions = subprocess.run([sys.executable, '-c', 'import apiphant, gevent, ujson, falcon, httptools; '
                                'print(f"apiphant {apiphant.__version__}, gevent {gevent.__version__}, '
-                               'ujson {ujson.__version__}, falcon {falcon.__version__}")'],
+                               'ujson {ujson.__version__}, falcon {falcon.__version__}, '
+                               'httptools {httptools.__version__}")'],
                               capture_output=True, text=True).stdout.strip()
     wrk_version = subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' Copyright')[0]
     return (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({cpu}); '

@@ -1,11 +1,12 @@
-"""apiphant against bare gevent pywsgi and Falcon, side by side in one run, driven by wrk.
+"""apiphant against bare gevent pywsgi, Falcon and an httptools server core, in one run, driven by wrk.
 
     python benchmarks/run.py                     3 interleaved rounds x 10 s at 64 and 256 connections
     python benchmarks/run.py --quick             1 round x 2 s (what the test suite runs)
     python benchmarks/run.py --write             also write the tables to benchmarks/RESULTS.md
     python benchmarks/run.py --connections 10000 19990
                                                  concurrency mode: hold that many keep-alive
-                                                 connections to one apiphant worker and to bare gevent
+                                                 connections to one apiphant worker, to bare gevent
+                                                 and to the httptools core
 
 Each server is pinned to CPU 0 and wrk to CPU 1 (where there are two CPUs), so they do not fight for
 one. Only ratios measured in the same run mean anything: the machines are shared and noisy.
@@ -25,6 +26,8 @@ import wrk
 
 CONNECTION_COUNTS = (64, 256)
 SS_PERIOD = 0.5
+CONCURRENCY_CONTENDERS = ('apiphant', 'bare gevent, TCP_NODELAY', 'httptools core')
+CONCURRENCY_SECONDS = 30  # time for every connection to get in (see `hold`) and then be held
 CONCURRENCY_TIMEOUT = '30s'  # connecting 10,000 clients takes a while: none of that is a timeout
 
 
@@ -55,25 +58,30 @@ def established(port):
 
 
 def hold(server, connections, seconds):
-    """One concurrency measurement on a freshly started server: its peak RSS is this load's alone."""
+    """One concurrency measurement on a freshly started server: its peak RSS is this load's alone.
+
+    Past the listen queue (somaxconn) a connection waits for SYN retries, so all are in only after
+    some seconds: the table says when the peak count was first seen."""
     contenders.start(server)
     try:
         rss_before = contenders.rss_kib(server.process.pid)
+        started = time.monotonic()
         load = wrk.start(server.port, connections, seconds, CONCURRENCY_TIMEOUT)
-        peak = 0
+        peak, peak_seconds = 0, float('nan')
         try:
-            deadline = time.monotonic() + seconds + 60
-            while load.poll() is None and time.monotonic() < deadline:
-                peak = max(peak, established(server.port))
+            while load.poll() is None and time.monotonic() < started + seconds + 60:
+                count = established(server.port)
+                if count > peak:
+                    peak, peak_seconds = count, time.monotonic() - started
                 time.sleep(SS_PERIOD)
         finally:
             result = wrk.finish(load, seconds)
         server.peak_rss_kib = contenders.peak_rss_kib(server.process.pid)
     finally:
         contenders.stop(server)
-    print(f'{connections:>6} conns  {server.name:<26} {peak} established, {result.socket_errors} errors',
-          file=sys.stderr)
-    return report.concurrency_row(server, connections, peak, result, rss_before)
+    print(f'{connections:>6} conns  {server.name:<26} {peak} established after {peak_seconds:.1f} s, '
+          f'{result.socket_errors} errors', file=sys.stderr)
+    return report.concurrency_row(server, connections, peak, peak_seconds, result, rss_before)
 
 
 def concurrency(servers, connection_counts, seconds):
@@ -85,13 +93,16 @@ def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='1 round of 2 s: proves the benchmark works')
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--seconds', type=int, default=10, help='length of one wrk run')
+    parser.add_argument('--seconds', type=int,
+                        help='length of one wrk run (default 10, or 30 in concurrency mode)')
     parser.add_argument('--write', action='store_true', help='write the tables to benchmarks/RESULTS.md')
     parser.add_argument('--connections', type=int, nargs='+', metavar='N',
                         help='concurrency mode: hold N keep-alive connections (the fd limit allows ~19990)')
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 2
+    elif args.seconds is None:
+        args.seconds = CONCURRENCY_SECONDS if args.connections else 10
     return args
 
 
@@ -103,7 +114,7 @@ def main():
     contenders.lift_fd_limit()
     servers = contenders.everyone()
     if args.connections:
-        chosen = [server for server in servers if server.name in ('apiphant', 'bare gevent, TCP_NODELAY')]
+        chosen = [server for server in servers if server.name in CONCURRENCY_CONTENDERS]
         title = 'Concurrency'
         text = f'{args.seconds} s of load each\n\n{concurrency(chosen, args.connections, args.seconds)}'
     else:

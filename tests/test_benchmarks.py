@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'run.py'
-CONTENDERS = ('apiphant', 'apiphant, access log', 'bare gevent', 'bare gevent, TCP_NODELAY', 'falcon')
+CONTENDERS = ('apiphant', 'apiphant, access log', 'bare gevent', 'bare gevent, TCP_NODELAY', 'falcon',
+              'httptools core')
 
 pytestmark = pytest.mark.skipif(not shutil.which('wrk'), reason='wrk is not installed (tests/run installs it)')
 
@@ -27,11 +28,11 @@ def test_quick_benchmark_prints_every_contender_and_the_ratios():
             row = next(row for row in rows if row[0] == f'| {contender}' and row[1] == connections)
             assert float(row[2].replace(',', '')) > 0, row
     ratios = [row[0] for row in rows if row[0].startswith('| apiphant / ')]
-    assert ratios == ['| apiphant / bare gevent', '| apiphant / bare gevent, TCP_NODELAY', '| apiphant / falcon']
+    assert ratios == [f'| apiphant / {baseline}' for baseline in CONTENDERS[2:]]
 
 
 def test_concurrency_mode_counts_connections_from_the_server_side():
     rows = benchmark('--connections', '200', '--seconds', '2')
     held = {row[0]: int(row[2]) for row in rows if row[1] == '200'}
-    assert set(held) == {'| apiphant', '| bare gevent, TCP_NODELAY'}
+    assert set(held) == {'| apiphant', '| bare gevent, TCP_NODELAY', '| httptools core'}
     assert all(count > 0 for count in held.values()), held
