@@ -26,6 +26,7 @@ _CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 class Contender:
     name: str
     command: list  # '{port}' in an argument is replaced by the port it listens on
+    pinned: bool = True
     process: subprocess.Popen = None
     port: int = 0
     peak_rss_kib: int = 0
@@ -43,6 +44,14 @@ def everyone():
         Contender('falcon', [python, str(HERE / 'falcon_echo.py'), '{port}']),
         Contender('httptools core', [python, str(HERE / 'httptools_echo.py'), '{port}']),
     ]
+
+
+def workers():
+    """apiphant with one worker and with two, unpinned: the kernel spreads the workers over CPUs."""
+    apiphant = [sys.executable, '-m', 'apiphant', str(ROOT / 'example' / 'myproduct'), '127.0.0.1:{port}',
+                '--no-access-log', '--workers']
+    return [Contender('apiphant, 1 worker', [*apiphant, '1'], pinned=False),
+            Contender('apiphant, 2 workers', [*apiphant, '2'], pinned=False)]
 
 
 def pinned(command, cpu):
@@ -75,7 +84,9 @@ def start(contender):
     """Start on a free loopback port and return once it accepts connections."""
     contender.port = free_port()
     command = [part.format(port=contender.port) for part in contender.command]
-    contender.process = subprocess.Popen(pinned(command, SERVER_CPU), stdout=subprocess.DEVNULL,
+    if contender.pinned:
+        command = pinned(command, SERVER_CPU)
+    contender.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=prepare_child)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -100,9 +111,18 @@ def stop(contender):
             process.wait()
 
 
+def _family(pid):
+    """The server's process and its children (apiphant's workers, which do the serving)."""
+    with open(f'/proc/{pid}/task/{pid}/children') as children:
+        return [pid, *map(int, children.read().split())]
+
+
 def _status_kib(pid, key):
-    with open(f'/proc/{pid}/status') as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(key))
+    total = 0
+    for member in _family(pid):
+        with open(f'/proc/{member}/status') as status:
+            total += next(int(line.split()[1]) for line in status if line.startswith(key))
+    return total
 
 
 def peak_rss_kib(pid):
@@ -117,6 +137,9 @@ def rss_kib(pid):
 def cpu_seconds(pid):
     """User + system CPU time of the server so far. CPU per request hardly moves when a neighbour
     takes the CPU away, where req/s does: it is the steadier number on a shared machine."""
-    with open(f'/proc/{pid}/stat') as stat:
-        fields = stat.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    total = 0
+    for member in _family(pid):
+        with open(f'/proc/{member}/stat') as stat:
+            fields = stat.read().rsplit(')', 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contenders import HERE, LOAD_CPU, SERVER_CPU
+from contenders import HERE
 
 RESULTS = HERE / 'RESULTS.md'
 BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon', 'httptools core')
@@ -17,7 +17,8 @@ _PREAMBLE = ('# Benchmark results\n\nWritten by `benchmarks/run.py --write`. The
              'their speed drifts between runs: only numbers from one run (one section) compare.\n')
 
 
-def throughput(contenders, connection_counts):
+def throughput(contenders, connection_counts, reference, *baselines):
+    """The table of medians, and the ratios reference / baseline from this same run."""
     lines = ['| contender | conns | req/s (median) | p50 ms | p99 ms | socket errors | non-2xx '
              '| peak RSS MiB | server CPU µs/request |', '|---|---|---|---|---|---|---|---|---|']
     medians = {}
@@ -36,10 +37,10 @@ def throughput(contenders, connection_counts):
     lines += ['', '| ratio (median req/s, same run) | '
               + ' | '.join(f'{connections} conns' for connections in connection_counts) + ' |',
               '|---|' + '---|' * len(connection_counts)]
-    for baseline in BASELINES:
-        ratios = [medians['apiphant', c] / medians[baseline, c] if medians[baseline, c] else float('nan')
+    for baseline in baselines:
+        ratios = [medians[reference, c] / medians[baseline, c] if medians[baseline, c] else float('nan')
                   for c in connection_counts]
-        lines.append(f'| apiphant / {baseline} | ' + ' | '.join(f'{ratio:.2f}' for ratio in ratios) + ' |')
+        lines.append(f'| {reference} / {baseline} | ' + ' | '.join(f'{ratio:.2f}' for ratio in ratios) + ' |')
     return '\n'.join(lines)
 
 
@@ -66,8 +67,7 @@ def machine():
                               capture_output=True, text=True).stdout.strip()
     wrk_version = subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' Copyright')[0]
     return (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({cpu}); '
-            f'Python {platform.python_version()}, {versions}, {wrk_version.strip()}; '
-            f'servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}')
+            f'Python {platform.python_version()}, {versions}, {wrk_version.strip()}')
 
 
 def write(title, command, text):

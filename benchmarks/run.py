@@ -7,6 +7,7 @@
                                                  concurrency mode: hold that many keep-alive
                                                  connections to one apiphant worker, to bare gevent
                                                  and to the httptools core
+    python benchmarks/run.py --workers           apiphant --workers 2 against 1, at 256 connections
 
 Each server is pinned to CPU 0 and wrk to CPU 1 (where there are two CPUs), so they do not fight for
 one. Only ratios measured in the same run mean anything: the machines are shared and noisy.
@@ -25,20 +26,22 @@ import report
 import wrk
 
 CONNECTION_COUNTS = (64, 256)
+WORKERS_CONNECTIONS = (256,)
+PINNED = f'servers on CPU {contenders.SERVER_CPU}, wrk on CPU {contenders.LOAD_CPU}'
 SS_PERIOD = 0.5
 CONCURRENCY_CONTENDERS = ('apiphant', 'bare gevent, TCP_NODELAY', 'httptools core')
 CONCURRENCY_SECONDS = 30  # time for every connection to get in (see `hold`) and then be held
 CONCURRENCY_TIMEOUT = '30s'  # connecting 10,000 clients takes a while: none of that is a timeout
 
 
-def throughput(servers, rounds, seconds):
+def throughput(servers, rounds, seconds, connection_counts, pin_load=True):
     """Rounds interleaved A B C A B C, so the machine's drift hits every contender alike."""
     for round_number in range(1, rounds + 1):
-        for connections in CONNECTION_COUNTS:
+        for connections in connection_counts:
             for server in servers:
                 pid = server.process.pid
                 cpu_before = contenders.cpu_seconds(pid)
-                result = wrk.run(server.port, connections, seconds)
+                result = wrk.run(server.port, connections, seconds, pin_load)
                 if result.requests:
                     result.cpu_us_per_request = (contenders.cpu_seconds(pid) - cpu_before) * 1e6 / result.requests
                 server.results.setdefault(connections, []).append(result)
@@ -47,7 +50,17 @@ def throughput(servers, rounds, seconds):
                       f'{result.cpu_us_per_request:.0f} µs CPU/request', file=sys.stderr)
     for server in servers:
         server.peak_rss_kib = contenders.peak_rss_kib(server.process.pid)
-    return report.throughput(servers, CONNECTION_COUNTS)
+
+
+def compare(servers, args, connection_counts, pin_load=True):
+    """Start every server, run the interleaved rounds, stop them all (also on an error or Ctrl-C)."""
+    try:
+        for server in servers:
+            contenders.start(server)
+        throughput(servers, args.rounds, args.seconds, connection_counts, pin_load)
+    finally:
+        for server in servers:
+            contenders.stop(server)
 
 
 def established(port):
@@ -98,6 +111,8 @@ def parse_arguments():
     parser.add_argument('--write', action='store_true', help='write the tables to benchmarks/RESULTS.md')
     parser.add_argument('--connections', type=int, nargs='+', metavar='N',
                         help='concurrency mode: hold N keep-alive connections (the fd limit allows ~19990)')
+    parser.add_argument('--workers', action='store_true',
+                        help='workers mode: apiphant --workers 2 against one worker, nothing pinned')
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 2
@@ -110,23 +125,25 @@ def main():
     args = parse_arguments()
     if not shutil.which('wrk'):
         raise SystemExit('wrk is not installed (Debian: apt-get install wrk)')
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below stops every server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every server
     contenders.lift_fd_limit()
-    servers = contenders.everyone()
     if args.connections:
-        chosen = [server for server in servers if server.name in CONCURRENCY_CONTENDERS]
+        servers = [server for server in contenders.everyone() if server.name in CONCURRENCY_CONTENDERS]
         title = 'Concurrency'
-        text = f'{args.seconds} s of load each\n\n{concurrency(chosen, args.connections, args.seconds)}'
+        text = (f'{PINNED}; {args.seconds} s of load each\n\n'
+                f'{concurrency(servers, args.connections, args.seconds)}')
+    elif args.workers:
+        servers = contenders.workers()
+        compare(servers, args, WORKERS_CONNECTIONS, pin_load=False)
+        title = 'Workers'
+        text = (f'nothing pinned; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
+                + report.throughput(servers, WORKERS_CONNECTIONS, 'apiphant, 2 workers', 'apiphant, 1 worker'))
     else:
-        try:
-            for server in servers:
-                contenders.start(server)
-            title = 'Throughput'
-            text = (f'{args.rounds} interleaved round(s) x {args.seconds} s\n\n'
-                    f'{throughput(servers, args.rounds, args.seconds)}')
-        finally:
-            for server in servers:
-                contenders.stop(server)
+        servers = contenders.everyone()
+        compare(servers, args, CONNECTION_COUNTS)
+        title = 'Throughput'
+        text = (f'{PINNED}; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
+                + report.throughput(servers, CONNECTION_COUNTS, 'apiphant', *report.BASELINES))
     text = f'{report.machine()}; {text}'
     print(text)
     if args.write:

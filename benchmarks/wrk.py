@@ -20,14 +20,15 @@ class Result:
     cpu_us_per_request: float = float('nan')  # filled in by the caller, which watches the server
 
 
-def command(port, connections, seconds, timeout):
-    return pinned(['wrk', '-t1', f'-c{connections}', f'-d{seconds}s', f'--timeout={timeout}', '--latency',
-                   '-s', str(HERE / 'post.lua'), f'http://127.0.0.1:{port}{PATH}'], LOAD_CPU)
+def command(port, connections, seconds, timeout, pin):
+    line = ['wrk', '-t1', f'-c{connections}', f'-d{seconds}s', f'--timeout={timeout}', '--latency',
+            '-s', str(HERE / 'post.lua'), f'http://127.0.0.1:{port}{PATH}']
+    return pinned(line, LOAD_CPU) if pin else line
 
 
-def start(port, connections, seconds, timeout='2s'):
+def start(port, connections, seconds, timeout='2s', pin=True):
     """wrk in the background (the caller polls the server meanwhile); read it with `finish`."""
-    return subprocess.Popen(command(port, connections, seconds, timeout), stdout=subprocess.PIPE,
+    return subprocess.Popen(command(port, connections, seconds, timeout, pin), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare_child)
 
 
@@ -42,8 +43,8 @@ def finish(load, seconds):
     return parse(output)
 
 
-def run(port, connections, seconds, timeout='2s'):
-    return finish(start(port, connections, seconds, timeout), seconds)
+def run(port, connections, seconds, pin=True):
+    return finish(start(port, connections, seconds, pin=pin), seconds)
 
 
 def parse(output):

@@ -36,3 +36,11 @@ def test_concurrency_mode_counts_connections_from_the_server_side():
     held = {row[0]: int(row[2]) for row in rows if row[1] == '200'}
     assert set(held) == {'| apiphant', '| bare gevent, TCP_NODELAY', '| httptools core'}
     assert all(count > 0 for count in held.values()), held
+
+
+def test_workers_mode_compares_two_workers_with_one():
+    rows = benchmark('--workers', '--quick')
+    rates = {row[0]: float(row[2].replace(',', '')) for row in rows if row[1] == '256'}
+    assert set(rates) == {'| apiphant, 1 worker', '| apiphant, 2 workers'}
+    assert all(rate > 0 for rate in rates.values()), rates
+    assert any(row[0] == '| apiphant, 2 workers / apiphant, 1 worker' for row in rows)
