@@ -2,7 +2,8 @@
 host by host and add what Ansible is clumsy at: status, logs, fast failure, one line per step.
 
     fab deploy HOST          site.yml on HOST: an inventory host's name or address (user@host:port
-                             works), or a group: `fab deploy api` rolls out to every API host in turn
+                             works), or a group: `fab deploy all` rolls out host by host, the API
+                             hosts first, then the load balancers (in inventory order)
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
@@ -73,13 +74,22 @@ def targets(c, host):
             host = f'{host}:{c.port}'
     listing = inventory(c)
     hostvars = listing.get('_meta', {}).get('hostvars', {})
-    if host in listing and listing[host].get('hosts'):
-        return [Target(name, hostvars.get(name, {})) for name in listing[host]['hosts']]
+    if host in listing:
+        return [Target(name, hostvars.get(name, {})) for name in group_hosts(listing, host)]
     wanted = Connection(host)
     for name, variables in hostvars.items():
         if wanted.host in (name, variables.get('ansible_host')):
             return [Target(name, variables, host)]
     raise Exit(f'{host} is neither a host nor a group of {inventory_path(c)}')
+
+
+def group_hosts(listing, group):
+    """A group's hosts, its children's included, in inventory order, each once."""
+    members = listing.get(group, {})  # an empty group (like 'ungrouped') may not be listed at all
+    hosts = list(members.get('hosts', []))
+    for child in members.get('children', []):
+        hosts += [host for host in group_hosts(listing, child) if host not in hosts]
+    return hosts
 
 
 class Target:

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def lab():
-    lab = testhost.Lab(count=1)
+    lab = testhost.Lab(count=4)  # one for the single-host tests; an [lb] and two [api] for the rest
     yield lab
     lab.stop()
 
@@ -40,8 +40,11 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, file='inventory.ini', **variables):
-    lines = ['[api]'] + [f'{host.name} ansible_host={host.address} ansible_user=root' for host in hosts]
+def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variables):
+    lines = []
+    for group, members in (('api', hosts), ('lb', lb)):
+        lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
+                                   for host in members] + ['']
     values = {
         'product_name': 'myproduct',
         'product_source': product / 'myproduct',
@@ -52,7 +55,7 @@ def write_inventory(lab, product, hosts, file='inventory.ini', **variables):
         'ansible_ssh_common_args': "'" + ' '.join(testhost.ssh_options(lab.key)[2:]) + "'",
         **variables,
     }
-    lines += ['', '[api:vars]'] + [f'{name}={value}' for name, value in values.items()]
+    lines += ['[all:vars]'] + [f'{name}={value}' for name, value in values.items()]
     path = lab.workdir / file
     path.write_text('\n'.join(lines) + '\n')
     return path
@@ -85,7 +88,7 @@ def playbook(lab, product, ansible_env):
     """Run a playbook against the lab's hosts: playbook('site.yml', '-e', 'x=y')."""
 
     def run(name, *args, hosts=None, **variables):
-        inventory = write_inventory(lab, product, hosts or lab.hosts, **variables)
+        inventory = write_inventory(lab, product, hosts or lab.hosts[:1], **variables)
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), '-i', str(inventory), name, *args],
                                 cwd=PLAYBOOKS, env=ansible_env, capture_output=True, text=True, timeout=900)
         return PlaybookRun(result)
@@ -95,11 +98,12 @@ def playbook(lab, product, ansible_env):
 
 @pytest.fixture(scope='session')
 def fab(lab, product, ansible_env):
-    """Run `fab ARGS` in deploy/ with the lab's inventory: fab('deploy', host.address)."""
-    inventory = write_inventory(lab, product, lab.hosts, file='fab-inventory.ini')
-    env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
+    """Run `fab ARGS` in deploy/ against the first lab host: fab('deploy', host.address); with
+    `inventory=` another inventory file."""
+    single = write_inventory(lab, product, lab.hosts[:1], file='fab-inventory.ini')
 
-    def run(*args):
+    def run(*args, inventory=single):
+        env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
         result = subprocess.run([str(Path(sys.executable).parent / 'fab'), *args], cwd=ROOT / 'deploy',
                                 env=env, capture_output=True, text=True, timeout=900)
         return PlaybookRun(result)
