@@ -16,10 +16,8 @@ What is changed from pywsgi and why:
   `Connection: close`, exit when they are done or `drain_timeout` has passed;
 - accept failing for lack of file descriptors pauses accepting for ACCEPT_RETRY s (the kernel queues
   new connections meanwhile) and is logged at most once per FD_REPORT_PERIOD s, never fatal;
-- request framing is strict: a header line without a colon or with a space before it, conflicting
-  Content-Length values, Content-Length beside Transfer-Encoding, or any transfer coding but chunked
-  is a 400 and a close. pywsgi would guess, and a guess that differs from a proxy's in front of it
-  is how requests are smuggled past the proxy.
+- headers are parsed by apiphant.headers: strictly (no request smuggling shapes) and about three
+  times faster than pywsgi's email-package parser.
 """
 
 import errno
@@ -38,6 +36,7 @@ from gevent import pywsgi
 from gevent.event import Event
 
 from apiphant.app import MAX_BODY, encode
+from apiphant.headers import Headers
 from apiphant.validation import ApiError
 
 log = logging.getLogger('apiphant')
@@ -83,21 +82,6 @@ def _closing_response(status_code):
 
 _BAD_REQUEST = _closing_response(400)
 _URI_TOO_LONG = _closing_response(414)
-
-
-def _framing_error(headers):
-    """Why these request headers cannot be framed unambiguously, or None when they can."""
-    if headers.defects:
-        return 'malformed header line'
-    lengths = headers.get_all('Content-Length') or []
-    codings = headers.get_all('Transfer-Encoding') or []
-    if len(set(lengths)) > 1:
-        return 'conflicting Content-Length headers'
-    if codings and lengths:
-        return 'both Content-Length and Transfer-Encoding'
-    if codings and [coding.strip().lower() for coding in codings] != ['chunked']:
-        return f'unsupported Transfer-Encoding {", ".join(codings)!r}'
-    return None
 
 
 class _Clock:
@@ -185,11 +169,11 @@ class Handler(pywsgi.WSGIHandler):
             raise ValueError('HTTP/0.9 request')
         return True
 
-    def MessageClass(self, fp, *args):
-        headers = super().MessageClass(fp, *args)
-        if not headers.status:
-            headers.status = _framing_error(headers) or ''
-        return headers
+    def MessageClass(self, rfile, *_):
+        return Headers(rfile)
+
+    def _headers(self):
+        return self.headers.environ
 
     def handle_one_response(self):
         server = self.server
