@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apiphant.background import seconds
-from conftest import make_product, wait_for
+from support import make_product, wait_for
 
 COMMAND = str(Path(sys.executable).parent / 'apiphant-background')
 

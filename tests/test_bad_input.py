@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apiphant.test import serve, test
-from conftest import EXAMPLE, post, raw_exchange
+from support import EXAMPLE, post, raw_exchange
 
 ECHO = '/api/v0/echo/read'
 NOT_AN_OBJECT = {'error': 'Request content should be JSON Object'}

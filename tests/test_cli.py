@@ -8,7 +8,7 @@ import pytest
 
 from apiphant import __version__
 from apiphant.test import serve, test
-from conftest import EXAMPLE, KITCHEN, make_product, run_cli
+from support import EXAMPLE, KITCHEN, make_product, run_cli
 
 
 @pytest.mark.parametrize('args, message', [

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from apiphant.test import call, config, serve, test
-from conftest import EXAMPLE, post, raw_exchange
+from support import EXAMPLE, post, raw_exchange
 
 ERROR_NOT_OBJECT = {'error': 'Request content should be JSON Object'}
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from apiphant.test import serve, test
-from conftest import EXAMPLE, KITCHEN, log_has, post, wait_for
+from support import EXAMPLE, KITCHEN, log_has, post, wait_for
 
 ECHO = '/api/v0/echo/read'
 KEEP_ALIVE_ECHO = post(ECHO, b'{"hello": "world"}').replace(b'Connection: close\r\n', b'')

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from apiphant.test import call, serve, test
-from conftest import EXAMPLE, KITCHEN, log_has, post, raw_exchange, wait_for
+from support import EXAMPLE, KITCHEN, log_has, post, raw_exchange, wait_for
 
 
 def slow_request(port, seconds, tag):

@@ -41,6 +41,7 @@ def product(lab):
 
 
 def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variables):
+    """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
     lines = []
     for group, members in (('api', hosts), ('lb', lb)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
@@ -109,3 +110,9 @@ def fab(lab, product, ansible_env):
         return PlaybookRun(result)
 
     return run
+
+
+@pytest.fixture(scope='session')
+def inventory(lab, product):
+    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], api_ports='[8001]')."""
+    return lambda hosts, **options: write_inventory(lab, product, hosts, **options)

@@ -5,8 +5,6 @@ import json
 
 import pytest
 
-from conftest import write_inventory
-
 
 @pytest.fixture(scope='module')
 def roles(lab):
@@ -15,10 +13,9 @@ def roles(lab):
 
 
 @pytest.fixture(scope='module')
-def deployed(lab, product, fab, roles):
+def deployed(fab, inventory, roles):
     lb, api = roles
-    inventory = write_inventory(lab, product, api, file='multi.ini', lb=[lb], api_ports='[8001, 8002]')
-    run = fab('deploy', 'all', inventory=inventory)
+    run = fab('deploy', 'all', inventory=inventory(api, file='multi.ini', lb=[lb], api_ports='[8001, 8002]'))
     assert run.returncode == 0, run.output
     return run
 
