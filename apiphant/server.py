@@ -140,7 +140,7 @@ class Handler(pywsgi.WSGIHandler):
             return ''
         finally:
             self.idle = False
-        self.deadline = time.monotonic() + self.server.options.request_timeout
+        self.deadline = time.monotonic() + options.request_timeout
         return super().read_requestline()
 
     def handle_one_request(self):
