@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import sys
+from shlex import quote
 from pathlib import Path
 
 from fabric import Connection, task
@@ -57,8 +58,8 @@ def step(host, text):
 
 def inventory(c):
     """The inventory as Ansible resolves it: {group: {'hosts': [...]}, '_meta': {'hostvars': ...}}."""
-    result = local(c, f'{ansible_tool("ansible-inventory")} -i {inventory_path(c)} --list', hide=True,
-                     warn=True)
+    result = local(c, f'{quote(ansible_tool("ansible-inventory"))} -i {quote(str(inventory_path(c)))} --list',
+                   hide=True, warn=True)
     if result.failed:
         raise Exit(f'cannot read the inventory {inventory_path(c)}: {result.stderr.strip()}')
     return json.loads(result.stdout)
@@ -126,9 +127,10 @@ def reach(target):
 def playbook(c, target, name, what):
     """Run one playbook limited to this host; on failure name the host and the task that failed."""
     step(target.name, f'{what}: ansible-playbook {name}')
-    extra = ' '.join(f'-e {key}={value}' for key, value in target.overrides.items() if value)
-    result = local(c, f'cd {PLAYBOOKS} && {ansible_tool("ansible-playbook")} -i {inventory_path(c)} '
-                     f'--limit {target.name} {extra} {name}', warn=True, pty=False)
+    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in target.overrides.items() if value)
+    result = local(c, f'cd {quote(str(PLAYBOOKS))} && {quote(ansible_tool("ansible-playbook"))} '
+                      f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra} {name}',
+                   warn=True, pty=False)
     if result.failed:
         tasks = re.findall(r'^(?:TASK|RUNNING HANDLER) \[(.+?)\]', result.stdout, re.M)
         failed_at = f' at task "{tasks[-1]}"' if tasks else ''
@@ -172,15 +174,15 @@ def status(c, host=None):
     """Releases (current marked with *), supervisor program states and the last log lines."""
     for target in targets(c, host):
         reach(target)
-        current = target.run(f'readlink {target.home}/current').stdout.strip().rsplit('/', 1)[-1]
-        releases = target.run(f'ls -1t {target.home}/releases').stdout.split()
+        current = target.run(f'readlink {quote(target.home)}/current').stdout.strip().rsplit('/', 1)[-1]
+        releases = target.run(f'ls -1t {quote(target.home)}/releases').stdout.split()
         step(target.name, 'releases (newest first, * current):')
         for release in releases:
             print(f'  {"*" if release == current else " "} {release}')
         step(target.name, 'programs:')
-        print(target.run(f"supervisorctl status '{target.product}:*'").stdout.rstrip())
+        print(target.run(f'supervisorctl status {quote(target.product + ":*")}').stdout.rstrip())
         step(target.name, 'last log lines:')
-        print(target.run(f'tail -n 3 {target.home}/log/*.log').stdout.rstrip())
+        print(target.run(f'tail -n 3 {quote(target.home)}/log/*.log').stdout.rstrip())
 
 
 @host_task
@@ -188,6 +190,6 @@ def logs(c, host=None, lines=50, follow=False):
     """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends)."""
     for target in targets(c, host):
         reach(target)
-        command = f'tail -n {int(lines)} {"-F " if follow else ""}{target.home}/log/*.log'
+        command = f'tail -n {int(lines)} {"-F " if follow else ""}{quote(target.home)}/log/*.log'
         step(target.name, command)
         target.connection.run(command, warn=True, in_stream=False)
