@@ -364,7 +364,9 @@ class Server(pywsgi.WSGIServer):
         deadline = time.monotonic() + timeout
         while self.connections and not self.forced and time.monotonic() < deadline:
             for handler in list(self.connections):
-                if handler.idle and not handler.input_pending():
+                # Only kept-alive connections are closed early: a new one (nginx opens one per
+                # request) may be a moment away from its request, which must then be served.
+                if handler.idle and handler.requests_served and not handler.input_pending():
                     handler.abort()
             self.all_closed.clear()
             if self.connections:
