@@ -69,6 +69,24 @@ def test_sigterm_drains_in_flight_and_closes_idle():
         busy.close()
 
 
+def test_connections_queued_when_sigterm_arrives_are_answered_not_reset():
+    """Closing a listening socket resets the connections in its queue, whose requests are often
+    sent already: nginx never retries such a POST, so a restart would cost a 502 each."""
+    with serve(KITCHEN, '--no-access-log') as server:
+        server.process.send_signal(signal.SIGSTOP)  # the kernel queues connections meanwhile
+        try:
+            queued = [socket.create_connection(('127.0.0.1', server.port), timeout=10) for _ in range(5)]
+            for sock in queued:
+                sock.sendall(post('/api/v0/process/read'))
+            server.process.send_signal(signal.SIGTERM)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        replies = [read_reply(sock) for sock in queued]
+        assert all(reply.startswith(b'HTTP/1.1 200 ') and b'"pid"' in reply for reply in replies), replies
+        assert server.process.wait(30) == 0
+        for sock in queued:
+            sock.close()
+
 def test_drain_timeout_ends_stuck_actions():
     with serve(KITCHEN, '--drain-timeout', '0.5') as server:
         stuck = slow_request(server.port, 60, 'stuck')
