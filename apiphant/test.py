@@ -1,11 +1,15 @@
-"""Functional tests of a product over real HTTP: `test(target, action, request, status, response)`.
+"""Functional tests of a product: `test(target, action, request, status, response)`.
 
-Standard library HTTP only, so product tests need nothing beyond apiphant. `serve()` starts a real
-`apiphant` server on a free loopback port for the length of a `with` block (or a pytest fixture)
-and points `config` at it.
+The same `test()` and `call()` run against either of two things, chosen by `config`:
+- `client(product)` calls the product's WSGI app in this process: no socket, no server, so a test
+  takes well under a millisecond and a failing action's traceback shows in the test's output;
+- `serve(product)` starts a real `apiphant` server on a free loopback port, for what only a server
+  shows (timeouts, limits, the wire format); APIPHANT_URL points the tests at a deployed one.
+Standard library only, so product tests need nothing beyond apiphant.
 """
 
 import http.client
+import io
 import os
 import re
 import subprocess
@@ -14,10 +18,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+from wsgiref.util import setup_testing_defaults
 
 import ujson
 
-from apiphant.app import encode
+from apiphant import routes
+from apiphant.app import MAX_BODY, App, encode
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r'on (http://\S+?)/api/')
@@ -29,6 +35,7 @@ class Config:
     port: int = 8001
     version: str = 'v0'
     timeout: float = 30.0
+    app: object = None  # a WSGI app to call in this process instead of HTTP (see `client`)
 
     def url(self, target, action):
         """APIPHANT_URL (e.g. http://10.0.0.5/api/v0), when set, wins over host, port and version."""
@@ -46,20 +53,16 @@ config = Config()
 def call(target, action, request=None, method='POST', headers=None):
     """Send one request; return (status, body), the body decoded from JSON where it is JSON."""
     url = config.url(target, action)
-    parts = urlsplit(url)
     if isinstance(request, (dict, list)):
         data = encode(request)
     elif isinstance(request, str):
         data = request.encode()
     else:
         data = request or b''
-    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=config.timeout)
-    try:
-        connection.request(method, parts.path, body=data, headers=headers or {})
-        reply = connection.getresponse()
-        status, raw = reply.status, reply.read()
-    finally:
-        connection.close()
+    if _in_process():
+        status, raw = _call_in_process(config.app, method, urlsplit(url).path, data, headers or {})
+    else:
+        status, raw = _call_over_http(url, method, data, headers or {})
     try:
         body = ujson.loads(raw)
     except ValueError:
@@ -71,7 +74,9 @@ def test(target, action, request=None, status=200, response=None, method='POST')
     """Call the API, print the exchange, assert `status` (and `response` unless None); return body."""
     got_status, got = call(target, action, request, method)
     shown = request if isinstance(request, (bytes, str)) else encode(request or {}).decode()
-    print(f'{method} {config.url(target, action)} {shown} --> {got_status} {got!r}')
+    url = config.url(target, action)
+    where = f'{urlsplit(url).path} (in process)' if _in_process() else url
+    print(f'{method} {where} {shown} --> {got_status} {got!r}')
     if got_status != status or (response is not None and got != response):
         raise AssertionError(f'{method} {target}/{action}: expected {status} {response!r}, '
                              f'got {got_status} {got!r}')
@@ -79,6 +84,61 @@ def test(target, action, request=None, status=200, response=None, method='POST')
 
 
 test.__test__ = False  # pytest: a helper, not a test to collect
+
+
+def _in_process():
+    return config.app is not None and not os.environ.get('APIPHANT_URL')
+
+
+def _call_over_http(url, method, data, headers):
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=config.timeout)
+    try:
+        connection.request(method, parts.path, body=data, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
+
+
+def _call_in_process(app, method, path, data, headers):
+    """One WSGI call with the environ a server would build for this request."""
+    environ = {'REQUEST_METHOD': method, 'PATH_INFO': path, 'CONTENT_LENGTH': str(len(data)),
+               'wsgi.input': io.BytesIO(data), 'SERVER_PROTOCOL': 'HTTP/1.1'}
+    for name, value in headers.items():
+        key = name.upper().replace('-', '_')
+        environ[key if key in ('CONTENT_TYPE', 'CONTENT_LENGTH') else f'HTTP_{key}'] = value
+    setup_testing_defaults(environ)
+    started = []
+
+    def start_response(status, response_headers, exc_info=None):
+        started[:] = [status, response_headers]
+        return body.append
+
+    body = []
+    chunks = app(environ, start_response)
+    try:
+        body.extend(chunks)
+    finally:
+        if hasattr(chunks, 'close'):
+            chunks.close()
+    return int(started[0].split()[0]), b''.join(body)
+
+
+@contextmanager
+def client(product, max_body=MAX_BODY):
+    """Point `config` at the product's WSGI app, called in this process, for a `with` block.
+
+    The product is loaded as `apiphant PRODUCT` loads it (same routes, same import errors), but
+    without gevent's monkey-patching: actions run as plain Python, under the test's own thread.
+    """
+    app = App(routes.discover(routes.locate(str(product))), max_body=max_body)
+    saved = config.app
+    config.app = app
+    try:
+        yield app
+    finally:
+        config.app = saved
 
 
 @dataclass
@@ -98,12 +158,12 @@ class RunningServer:
     @contextmanager
     def use(self):
         """Point `config` at this server for a `with` block (when several servers run at once)."""
-        saved = (config.host, config.port)
-        config.host, config.port = self.host, self.port
+        saved = (config.host, config.port, config.app)
+        config.host, config.port, config.app = self.host, self.port, None
         try:
             yield self
         finally:
-            config.host, config.port = saved
+            config.host, config.port, config.app = saved
 
 
 @contextmanager

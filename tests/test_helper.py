@@ -1,8 +1,48 @@
-"""apiphant.test: what `test()` prints, asserts and returns; APIPHANT_URL."""
+"""apiphant.test: what `test()` prints, asserts and returns, in process and live; APIPHANT_URL."""
 
 import pytest
 
-from apiphant.test import config, test
+from apiphant.routes import ProductError
+from apiphant.test import call, client, config, test
+from support import KITCHEN, make_product
+
+
+@pytest.fixture(params=['in process', 'live'])
+def kitchen_either(request):
+    """The kitchen product through the in-process client, then through a real server."""
+    if request.param == 'in process':
+        with client(KITCHEN):
+            yield request.param
+    else:
+        yield request.getfixturevalue('kitchen')
+
+
+def test_the_same_tests_pass_in_process_and_live(kitchen_either):
+    test('things', 'create', {'id': 1, 'user': {'city': 'Oslo'}}, 200,
+         {'id': 1, 'name': 'anonymous', 'city': 'Oslo'})
+    test('things', 'create', {'id': 'x'}, 400, {'error': 'id is Invalid', 'field': 'id', 'state': 'invalid'})
+    test('things', 'update', {'code': 418}, 418, {'error': "418 I'm a Teapot"})
+    test('things', 'delete', {'mode': 'crash'}, 500, {'error': '500 Internal Server Error'})
+    test('things', 'read', '[1]', 400, {'error': 'Request content should be JSON Object'})
+    test('nothing', 'read', {}, 404, {'error': '404 Not Found'})
+    test('things', 'read', None, 405, {'error': '405 Method Not Allowed'}, method='GET')
+    assert call('raw', 'create', {'x': 'y'}) == (200, 'plain y')
+    assert call('raw', 'read', b'abc', method='PUT') == (200, {'method': 'PUT', 'length': 3})
+    assert call('raw', 'update', method='DELETE') == (200, 'method,DELETE')
+
+
+def test_the_in_process_client_prints_the_path_and_is_undone_after(capsys):
+    with client(KITCHEN):
+        test('things', 'create', {'id': 2}, 200)
+    assert capsys.readouterr().out.startswith('POST /api/v0/things/create (in process) {"id": 2} --> 200')
+    assert config.app is None
+
+
+def test_the_in_process_client_refuses_a_product_as_the_server_does(tmp_path):
+    broken = make_product(tmp_path, 'broken', {'api/v0/echo.py': 'import nowhere\n'})
+    with pytest.raises(ProductError, match=r'cannot import broken.api.v0.echo: ModuleNotFoundError'):
+        with client(broken):
+            pass
 
 
 def test_prints_the_exchange_and_returns_the_body(example, capsys):
