@@ -12,23 +12,21 @@ What is changed from pywsgi and why:
   closing on unread input sends a reset that can destroy the 413 before the client reads it;
 - every FAIRNESS_BUDGET responses the serving greenlet yields once: a client whose next request is
   always already waiting would otherwise keep the event loop while every other connection starves;
-- SIGTERM drains: stop taking new connections without resetting the ones the kernel already took
-  (see _close_listener), close idle connections, answer in-flight requests with
-  `Connection: close`, exit when they are done or `drain_timeout` has passed;
+- SIGTERM drains: accept what the kernel has queued and close the listening socket, answer
+  in-flight requests and the next request of each kept-alive connection with `Connection: close`,
+  close connections idle for DRAIN_IDLE s, exit when none is left or `drain_timeout` has passed;
 - accept failing for lack of file descriptors pauses accepting for ACCEPT_RETRY s (the kernel queues
   new connections meanwhile) and is logged at most once per FD_REPORT_PERIOD s, never fatal;
 - headers are parsed by apiphant.headers: strictly (no request smuggling shapes) and about three
   times faster than pywsgi's email-package parser.
 """
 
-import ctypes
 import errno
 import io
 import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +47,7 @@ FAIRNESS_BUDGET = 16
 LINGER = 2.0
 ACCEPT_RETRY = 0.1
 FD_REPORT_PERIOD = 10.0
-HANDSHAKE_GRACE = 0.25  # far longer than a round trip to nginx, on this host or the LAN
+DRAIN_IDLE = 2.0  # see Server.drain; the deploy's nginx drops idle upstream connections after 1 s
 NEVER = float('inf')
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -362,15 +360,29 @@ class Server(pywsgi.WSGIServer):
                     handler.abort()
 
     def drain(self, timeout):
-        """Stop accepting and let in-flight requests finish; True when none were cut off."""
+        """Stop accepting and let in-flight requests finish; True when none were cut off.
+
+        Two races lose a request that a client has already sent, and a client (nginx among them)
+        never sends a POST twice:
+        - closing the listening socket resets every connection still in its accept queue, whose
+          request is usually written already: so the queue is accepted first, and its requests
+          served, in the same loop turn as the close;
+        - closing an idle kept-alive connection races the client writing its next request into
+          it: so an idle connection is only closed once it has been idle DRAIN_IDLE s, longer
+          than nginx keeps an idle upstream connection in the deploy's configuration (nginx
+          then closes first); a new connection (`requests_served` 0) may be a moment from its
+          first request and is never closed early.
+        """
         self.draining = True
-        self._close_listener()
+        self._do_read()
+        self.close()
         deadline = time.monotonic() + timeout
+        gevent.sleep(0)  # the connections just accepted register themselves
         while self.connections and not self.forced and time.monotonic() < deadline:
+            idle_since = time.monotonic() - DRAIN_IDLE + self.options.idle_timeout
             for handler in list(self.connections):
-                # Only kept-alive connections are closed early: a new one (nginx opens one per
-                # request) may be a moment away from its request, which must then be served.
-                if handler.idle and handler.requests_served and not handler.input_pending():
+                if handler.idle and handler.requests_served and handler.deadline <= idle_since \
+                        and not handler.input_pending():
                     handler.abort()
             self.all_closed.clear()
             if self.connections:
@@ -382,44 +394,9 @@ class Server(pywsgi.WSGIServer):
             self._reaper.kill(block=False)
         return left == 0
 
-    def _close_listener(self):
-        """Close the listening socket without resetting a connection the kernel has completed.
-
-        Closing it resets every connection still in its accept queue, and such a client has
-        usually sent its request already: nginx never sends a POST twice, so that is a 502 for
-        each. So new handshakes are stopped first (SYNs dropped: the client sends its SYN again
-        a second later and finds the port closed, which nginx retries on the next port, or the
-        restarted process), the ones under way get HANDSHAKE_GRACE to complete, and everything
-        queued is accepted before the socket is closed.
-        """
-        _drop_new_handshakes(self.socket)
-        gevent.sleep(HANDSHAKE_GRACE)
-        self._do_read()
-        self.close()
-        gevent.sleep(0)  # the connections just accepted register themselves
-
     def force_stop(self):
         self.forced = True
         self.all_closed.set()
-
-
-_SO_ATTACH_FILTER = 26  # Linux; not exported by the socket module
-_DROP_SYN = [  # classic BPF over the TCP header: (opcode, jump if true, jump if false, operand)
-    (0x30, 0, 0, 13),          # load the flags byte
-    (0x54, 0, 0, 0x12),        # keep SYN and ACK
-    (0x15, 0, 1, 0x02),        # SYN without ACK, a new handshake?
-    (0x06, 0, 0, 0),           # yes: drop it
-    (0x06, 0, 0, 0xFFFFFFFF),  # no: let it through whole
-]
-
-
-def _drop_new_handshakes(listener):
-    """Make the kernel ignore new connection attempts on `listener` (Linux; elsewhere a no-op)."""
-    if sys.platform != 'linux' or listener.family == socket.AF_UNIX:
-        return
-    code = ctypes.create_string_buffer(b''.join(struct.pack('HBBI', *op) for op in _DROP_SYN))
-    program = struct.pack('HL', len(_DROP_SYN), ctypes.addressof(code))
-    listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
 
 
 def listen(host, port):

@@ -58,7 +58,7 @@ def test_sigterm_drains_in_flight_and_closes_idle():
         wait_for(lambda: log_has(server, 'in flight: drain'))
         server.process.send_signal(signal.SIGTERM)
         wait_for(lambda: log_has(server, 'draining'))
-        assert idle.recv(1) == b''  # the idle keep-alive connection is closed at once
+        assert idle.recv(1) == b''  # the idle keep-alive connection is closed once idle DRAIN_IDLE s
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(('127.0.0.1', server.port), timeout=5)
         reply = read_reply(busy)

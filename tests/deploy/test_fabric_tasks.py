@@ -89,7 +89,14 @@ def test_deploy_by_positional_host_prints_its_steps(fab, host, playbook):
     assert f'[{host.name}] deploy: done' in run.output
 
 
-def test_a_release_under_load_loses_no_request(fab, host, echo_file):
+def logs_of(lab, host):
+    """What nginx and the API processes said, for a failure message."""
+    log = '/opt/myproduct/log'
+    return host.ssh(f"grep -v 'connect() failed (111' {log}/nginx-error.log | tail -n 20; "
+                    f"grep -hv ' POST ' {log}/api-*.log | tail -n 20", key=lab.key, check=False).stdout
+
+
+def test_a_release_under_load_loses_no_request(lab, fab, host, echo_file):
     release_as(echo_file, 'release under load')
     load = Load(host)
     load.start()
@@ -100,7 +107,7 @@ def test_a_release_under_load_loses_no_request(fab, host, echo_file):
         load.stop()
     assert run.returncode == 0, run.output
     assert 'Restart the API process on port 8002' in run.output
-    assert load.failures == []
+    assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 200
     assert load.answers[-1] == 'release under load'
     assert served_by(host) == (200, 'release under load')
