@@ -18,10 +18,12 @@ setup(
     license='MIT',
     python_requires='>=3.10',
     packages=find_packages(include=['apiphant', 'apiphant.*']),
+    package_data={'apiphant': ['skeleton/*.tmpl', 'skeleton/**/*.tmpl']},  # `apiphant new`'s files
     install_requires=['gevent>=23.9', 'ujson>=5.8'],
     extras_require={
         'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20'],
-        'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20'],
+        'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20', 'openapi-spec-validator>=0.7',
+                 'schemathesis>=4.0'],
     },
     entry_points={
         'console_scripts': [

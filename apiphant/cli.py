@@ -1,5 +1,8 @@
 """Command line: `apiphant PRODUCT [HOST:PORT]` serves, `apiphant-background PRODUCT` runs tasks.
 
+`apiphant new NAME`, `apiphant routes PRODUCT` and `apiphant openapi PRODUCT` are the commands
+around serving; a first argument naming one of them is that command, anything else a product.
+
 gevent must patch the standard library before anything else is imported (the product's blocking
 libraries then become cooperative), so this module does it first: import it only as a program.
 """
@@ -9,11 +12,13 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402  (after patch_all, on purpose)
+import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from apiphant import __version__, background, routes, server  # noqa: E402
+from apiphant import __version__, background, cors, openapi, reload, routes, scaffold, server  # noqa: E402
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')
@@ -61,7 +66,9 @@ def count(text):
 def serve_parser():
     defaults = server.Options()
     parser = argparse.ArgumentParser(
-        prog='apiphant', description='Serve a product as POST /api/{version}/{target}/{action}.')
+        prog='apiphant', description='Serve a product as POST /api/{version}/{target}/{action}.',
+        epilog='Other commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
+               'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document.')
     parser.add_argument('product', help='path of the product package folder, or its import name')
     parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
                         help=f'HOST:PORT or [IPv6]:PORT to listen on (default {DEFAULT_ADDRESS})')
@@ -78,8 +85,20 @@ def serve_parser():
                         help='on SIGTERM, wait this long for in-flight requests (default %(default)s s)')
     parser.add_argument('--no-access-log', dest='access_log', action='store_false',
                         help='do not log a line per request')
+    parser.add_argument('--cors', metavar='ORIGIN', type=allowed_origin, action='append', default=[],
+                        help='let pages from ORIGIN (https://host[:port], or * for any) call the API '
+                             'from a browser; repeat for several')
+    parser.add_argument('--reload', action='store_true',
+                        help='restart when a .py file of the product changes (development only)')
     parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
     return parser
+
+
+def allowed_origin(text):
+    try:
+        return cors.origin(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def background_parser():
@@ -93,10 +112,15 @@ def background_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     parser = serve_parser()
     args = parser.parse_args(argv)
     _setup_logging()
     folder = _locate(parser, args.product)
+    if args.reload:
+        return reload.run(folder, [arg for arg in argv if arg != '--reload'])
     try:
         table = routes.discover(folder)
         host, port = args.address
@@ -110,16 +134,65 @@ def main(argv=None):
                              access_log=args.access_log, workers=args.workers)
     _raise_fd_limit()
     app = App(table, max_body=options.max_body)
+    if args.cors:
+        app = cors.Cors(app, args.cors)
     bound_host, bound_port = listener.getsockname()[:2]
     shown_host = f'[{bound_host}]' if ':' in bound_host else bound_host
     log.info('apiphant %s serving %s (%d routes) on http://%s:%d/api/ (workers %d, max body %d, '
-             'access log %s)', __version__, folder.name, len(table), shown_host, bound_port,
-             options.workers, options.max_body, 'on' if options.access_log else 'off')
+             'access log %s%s%s)', __version__, folder.name, len(table), shown_host, bound_port,
+             options.workers, options.max_body, 'on' if options.access_log else 'off',
+             f', cors {" ".join(args.cors)}' if args.cors else '',
+             ', reload on: development only' if os.environ.get(reload.ENVIRONMENT) else '')
     if not table:
         log.warning('no actions found under %s/api/v*/', folder)
     if options.workers > 1:
         return server.run_workers(app, listener, options)
     return server.serve(app, listener, options)
+
+
+def new_main(argv):
+    parser = argparse.ArgumentParser(prog='apiphant new', description=(
+        'Create the folder NAME: the product package NAME/NAME with a first target, its tests, '
+        'requirements.txt and a deploy inventory, the name filled in everywhere.'))
+    parser.add_argument('name', help='the product name: a lower-case Python package name')
+    args = parser.parse_args(argv)
+    try:
+        root = scaffold.create(args.name)
+    except scaffold.ScaffoldError as error:
+        parser.exit(2, f'apiphant new: {error}\n')
+    print(f'created {root}/: try `cd {root} && pytest`, then `apiphant {args.name} --reload`')
+    return 0
+
+
+def routes_main(argv):
+    table, _ = _load_for_command('routes', 'List every route with the first line of its docstring.', argv)
+    width = max((len(path) for path in table), default=0)
+    for path, route in sorted(table.items()):
+        method = 'ANY ' if route.raw_environ else 'POST'
+        print(f'{method} {path:<{width}}  {route.summary}'.rstrip())
+    return 0
+
+
+def openapi_main(argv):
+    table, folder = _load_for_command('openapi', 'Print the OpenAPI 3.1 document of the routes.', argv)
+    version = getattr(sys.modules.get(folder.name), '__version__', '0')
+    json.dump(openapi.document(folder.name, str(version), table), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _load_for_command(name, description, argv):
+    parser = argparse.ArgumentParser(prog=f'apiphant {name}', description=description)
+    parser.add_argument('product', help='path of the product package folder, or its import name')
+    args = parser.parse_args(argv)
+    folder = _locate(parser, args.product)
+    try:
+        return routes.discover(folder), folder
+    except routes.ProductError as error:
+        parser.exit(1, f'apiphant {name}: {error}\n')
+
+
+COMMANDS = {'new': new_main, 'routes': routes_main, 'openapi': openapi_main}
 
 
 def background_main(argv=None):

@@ -6,6 +6,7 @@ is a 404, so nothing a client names is ever imported or opened.
 
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import traceback
@@ -21,6 +22,15 @@ class Route(NamedTuple):
     action: Callable
     raw_environ: bool
     raw_response: bool
+
+    @property
+    def doc(self):
+        """The action's docstring, cleaned of indentation ('' without one)."""
+        return inspect.getdoc(self.action) or ''
+
+    @property
+    def summary(self):
+        return self.doc.partition('\n')[0]
 
 
 class ProductError(Exception):

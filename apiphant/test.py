@@ -167,13 +167,16 @@ class RunningServer:
 
 
 @contextmanager
-def serve(product, *args, host='127.0.0.1', env=None):
-    """Run `apiphant product host:0 *args`, wait for its start-up line, point `config` at it.
+def serve(product, *args, host='127.0.0.1', port=0, env=None):
+    """Run `apiphant product host:port *args`, wait for its start-up line, point `config` at it.
+
+    Port 0 (the default) lets the kernel choose a free port; `--reload` needs a fixed one, as
+    every restart would choose anew.
 
     The server's stderr is collected in `.log` (a list of lines) by a reader thread, so a busy
     access log never blocks it. On exit the server gets SIGTERM and must stop.
     """
-    listen = f'[{host}]:0' if ':' in host else f'{host}:0'
+    listen = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
     process = subprocess.Popen([sys.executable, '-m', 'apiphant', str(product), listen, *args],
                                stderr=subprocess.PIPE, text=True, env=env)
     lines = []

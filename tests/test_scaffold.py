@@ -1,0 +1,87 @@
+"""`apiphant new`: a product whose own tests pass at once, its name filled in everywhere."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+ANSIBLE = Path(sys.executable).parent / 'ansible'
+
+
+def new(name, cwd):
+    return subprocess.run([sys.executable, '-m', 'apiphant', 'new', name], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture(scope='module')
+def shop(tmp_path_factory):
+    parent = tmp_path_factory.mktemp('new')
+    result = new('shop', parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'created shop/: try `cd shop && pytest`, then `apiphant shop --reload`\n'
+    return parent / 'shop'
+
+
+def test_new_writes_a_product_its_tests_and_a_deploy_inventory(shop):
+    files = sorted(str(path.relative_to(shop)) for path in shop.rglob('*') if path.is_file())
+    assert files == ['.gitignore', 'README.md', 'deploy/inventory.ini', 'pytest.ini', 'requirements.txt',
+                     'shop/__init__.py', 'shop/api/__init__.py', 'shop/api/v0/__init__.py',
+                     'shop/api/v0/echo.py', 'tests/test_echo.py']
+    for path in shop.rglob('*'):
+        if path.is_file():
+            text = path.read_text()
+            assert '${' not in text, path  # every placeholder replaced
+    assert "response.server = 'shop'" in (shop / 'shop/api/v0/echo.py').read_text()
+    assert 'product_name=shop\n' in (shop / 'deploy/inventory.ini').read_text()
+
+
+def test_the_new_products_tests_pass_at_once(shop):
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'], cwd=shop,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '5 passed' in result.stdout
+
+
+def test_the_deploy_inventory_points_at_the_product_wherever_it_is(shop):
+    """The paths are relative to the inventory itself, so the folder can move."""
+    variables = {}
+    for name in ('product_name', 'product_source', 'product_requirements', 'apiphant_package'):
+        result = subprocess.run(
+            [ANSIBLE, 'all', '-i', 'deploy/inventory.ini', '-c', 'local', '-m', 'ansible.builtin.debug',
+             '-a', f'msg={{{{ {name} }}}}', '-o'], cwd=shop, capture_output=True, text=True, timeout=120,
+            env={'ANSIBLE_CONFIG': str(ROOT / 'playbooks' / 'ansible.cfg'), 'PATH': '/usr/bin:/bin'})
+        assert result.returncode == 0, result.stdout + result.stderr
+        variables[name] = result.stdout.split('"msg": "')[1].split('"')[0]
+    assert variables['product_name'] == 'shop'
+    assert Path(variables['product_source']).resolve() == (shop / 'shop').resolve()
+    assert Path(variables['product_requirements']).resolve() == (shop / 'requirements.txt').resolve()
+    assert variables['apiphant_package'].startswith('apiphant==')
+
+
+def test_new_refuses_an_existing_folder_and_changes_nothing(tmp_path):
+    (tmp_path / 'shop').mkdir()
+    (tmp_path / 'shop' / 'mine.txt').write_text('keep me')
+    result = new('shop', tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == 'apiphant new: shop already exists: choose another name or remove it first\n'
+    assert [path.name for path in (tmp_path / 'shop').iterdir()] == ['mine.txt']
+
+
+@pytest.mark.parametrize('name, reason', [
+    ('my-shop', "'my-shop' is not a valid Python package name"),
+    ('1shop', "'1shop' is not a valid Python package name"),
+    ('class', "'class' is not a valid Python package name"),
+    ('Shop', "'Shop': a package name is lower case by convention (PEP 8): try 'shop'"),
+    ('json', "'json' is the name of a module already installed here"),
+    ('gevent', "'gevent' is the name of a module already installed here"),
+    ('routes', "'routes' is an apiphant command"),
+])
+def test_new_rejects_a_name_with_a_one_line_reason(tmp_path, name, reason):
+    result = new(name, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f'apiphant new: {reason}')
+    assert result.stderr.count('\n') == 1
+    assert list(tmp_path.iterdir()) == []
