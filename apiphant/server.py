@@ -44,6 +44,7 @@ log = logging.getLogger('apiphant')
 
 BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 FAIRNESS_BUDGET = 16
+READ_BUFFER = 2048  # per connection, allocated up front; a typical request line and headers fit
 LINGER = 2.0
 ACCEPT_RETRY = 0.1
 FD_REPORT_PERIOD = 10.0
@@ -117,6 +118,11 @@ class Handler(pywsgi.WSGIHandler):
     idle = False
     linger = False
     requests_served = 0
+
+    def __init__(self, sock, address, server):
+        # gevent's default read buffer (8 KiB) was a third of an idle connection's memory; longer
+        # headers are simply read in more pieces, and bodies bypass the buffer.
+        super().__init__(sock, address, server, rfile=sock.makefile('rb', READ_BUFFER))
 
     def handle(self):
         server = self.server
