@@ -114,7 +114,11 @@ def background_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except BrokenPipeError:  # `apiphant openapi x | head`: the reader has had what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     parser = serve_parser()
     args = parser.parse_args(argv)
     _setup_logging()

@@ -81,3 +81,10 @@ def test_openapi_of_the_example_holds_against_its_server(tmp_path):
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert 'No issues found' in run.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    result = subprocess.run(f'{sys.executable} -m apiphant openapi {KITCHEN} | head -c 10', shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == '{\n  "opena'
+    assert result.stderr == ''
