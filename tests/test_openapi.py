@@ -88,3 +88,18 @@ def test_a_reader_that_stops_early_gets_no_traceback():
                             capture_output=True, text=True, timeout=60)
     assert result.stdout == '{\n  "opena'
     assert result.stderr == ''
+
+
+def test_a_longer_docstring_is_the_description(tmp_path):
+    product = make_product(tmp_path, 'documented', {'api/v0/__init__.py': '', 'api/v0/notes.py': '''
+        def create(request):
+            """Store a note.
+
+            The note is kept for a day.
+            """
+    '''})
+    document = json.loads(run_cli('openapi', str(product)).stdout)
+    operation = document['paths']['/api/v0/notes/create']['post']
+    assert operation['summary'] == 'Store a note.'
+    assert operation['description'] == 'Store a note.\n\nThe note is kept for a day.'
+    assert operation['operationId'] == 'v0.notes.create'
