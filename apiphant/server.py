@@ -68,7 +68,7 @@ def raw_response(action):
 @dataclass
 class Options:
     max_body: int = MAX_BODY
-    idle_timeout: float = 75.0  # longer than nginx's upstream keepalive_timeout (60 s): nginx closes first
+    idle_timeout: float = 75.0  # longer than nginx's upstream keepalive_timeout (default 60 s): nginx closes first
     request_timeout: float = 30.0
     drain_timeout: float = 10.0
     access_log: bool = True
