@@ -46,15 +46,16 @@ def throughput(contenders, connection_counts, reference, *baselines):
 
 def concurrency_header():
     return ('| contender | connections asked | established (ss, peak) | peak reached after s | socket errors '
-            '| req/s | p99 ms | peak RSS MiB | RSS per connection KiB |\n|---|---|---|---|---|---|---|---|---|')
+            '| req/s | p99 ms | peak RSS MiB | RSS per connection KiB | idle RSS per connection KiB |\n'
+            '|---|---|---|---|---|---|---|---|---|---|')
 
 
-def concurrency_row(contender, connections, established, established_seconds, result, rss_before_kib):
+def concurrency_row(contender, connections, established, established_seconds, result, rss_before_kib, idle_kib):
     peak = contender.peak_rss_kib
     per_connection = (peak - rss_before_kib) / established if established else float('nan')
     return (f'| {contender.name} | {connections} | {established} | {established_seconds:.1f} | {result.socket_errors} '
             f'| {result.requests_per_second:,.0f} | {result.p99_ms:.1f} | {peak / 1024:.1f} '
-            f'| {per_connection:.1f} |')
+            f'| {per_connection:.1f} | {idle_kib:.1f} |')
 
 
 def machine():

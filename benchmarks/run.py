@@ -6,7 +6,8 @@
     python benchmarks/run.py --connections 10000 19990
                                                  concurrency mode: hold that many keep-alive
                                                  connections to one apiphant worker, to bare gevent
-                                                 and to the httptools core
+                                                 and to the httptools core, under wrk's load and
+                                                 then idle (one request each)
     python benchmarks/run.py --workers           apiphant --workers 2 against 1, at 256 connections
 
 Each server is pinned to CPU 0 and wrk to CPU 1 (where there are two CPUs), so they do not fight for
@@ -17,6 +18,7 @@ import argparse
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,9 @@ SS_PERIOD = 0.5
 CONCURRENCY_CONTENDERS = ('apiphant', 'bare gevent, TCP_NODELAY', 'httptools core')
 CONCURRENCY_SECONDS = 30  # time for every connection to get in (see `hold`) and then be held
 CONCURRENCY_TIMEOUT = '30s'  # connecting 10,000 clients takes a while: none of that is a timeout
+IDLE_BATCH = 500
+IDLE_REQUEST = (b'POST /api/v0/echo/read HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n'
+                b'Content-Length: 18\r\n\r\n{"hello": "world"}')
 
 
 def throughput(servers, rounds, seconds, connection_counts, pin_load=True):
@@ -70,7 +75,7 @@ def established(port):
     return len(output.splitlines())
 
 
-def hold(server, connections, seconds):
+def hold(server, connections, seconds, idle_kib):
     """One concurrency measurement on a freshly started server: its peak RSS is this load's alone.
 
     Past the listen queue (somaxconn) a connection waits for SYN retries, so all are in only after
@@ -94,11 +99,34 @@ def hold(server, connections, seconds):
         contenders.stop(server)
     print(f'{connections:>6} conns  {server.name:<26} {peak} established after {peak_seconds:.1f} s, '
           f'{result.socket_errors} errors', file=sys.stderr)
-    return report.concurrency_row(server, connections, peak, peak_seconds, result, rss_before)
+    return report.concurrency_row(server, connections, peak, peak_seconds, result, rss_before, idle_kib)
+
+
+def idle(server, connections):
+    """RSS per kept-alive connection that made one request and now waits: what holding a client
+    costs, without the requests in flight that the number under load includes."""
+    contenders.start(server)
+    sockets = []
+    try:
+        before = contenders.rss_kib(server.process.pid)
+        while len(sockets) < connections:
+            batch = [socket.create_connection(('127.0.0.1', server.port), timeout=30)
+                     for _ in range(min(IDLE_BATCH, connections - len(sockets)))]
+            sockets += batch
+            for sock in batch:
+                sock.sendall(IDLE_REQUEST)
+            for sock in batch:
+                sock.recv(65536)
+        return (contenders.rss_kib(server.process.pid) - before) / connections
+    finally:
+        for sock in sockets:
+            sock.close()
+        contenders.stop(server)
 
 
 def concurrency(servers, connection_counts, seconds):
-    rows = [hold(server, connections, seconds) for connections in connection_counts for server in servers]
+    rows = [hold(server, connections, seconds, idle(server, connections))
+            for connections in connection_counts for server in servers]
     return '\n'.join([report.concurrency_header(), *rows])
 
 
