@@ -69,7 +69,7 @@ def serve_parser():
         prog='apiphant', description='Serve a product as POST /api/{version}/{target}/{action}.',
         epilog='Other commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
                'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document.')
-    parser.add_argument('product', help='path of the product package folder, or its import name')
+    add_product_argument(parser)
     parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
                         help=f'HOST:PORT or [IPv6]:PORT to listen on (default {DEFAULT_ADDRESS})')
     parser.add_argument('--workers', type=count, default=defaults.workers,
@@ -94,6 +94,10 @@ def serve_parser():
     return parser
 
 
+def add_product_argument(parser):
+    parser.add_argument('product', help='path of the product package folder, or its import name')
+
+
 def allowed_origin(text):
     try:
         return cors.origin(text)
@@ -104,7 +108,7 @@ def allowed_origin(text):
 def background_parser():
     parser = argparse.ArgumentParser(
         prog='apiphant-background', description="Run a product's background tasks (api/background).")
-    parser.add_argument('product', help='path of the product package folder, or its import name')
+    add_product_argument(parser)
     parser.add_argument('--stop-timeout', type=seconds, default=background.STOP_TIMEOUT,
                         help='on SIGTERM, wait this long for a running task (default %(default)s s)')
     parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
@@ -161,7 +165,7 @@ def new_main(argv):
     parser.add_argument('name', help='the product name: a lower-case Python package name')
     args = parser.parse_args(argv)
     try:
-        root = scaffold.create(args.name)
+        root = scaffold.create(args.name, COMMANDS)
     except scaffold.ScaffoldError as error:
         parser.exit(2, f'apiphant new: {error}\n')
     print(f'created {root}/: try `cd {root} && pytest`, then `apiphant {args.name} --reload`')
@@ -187,7 +191,7 @@ def openapi_main(argv):
 
 def _load_for_command(name, description, argv):
     parser = argparse.ArgumentParser(prog=f'apiphant {name}', description=description)
-    parser.add_argument('product', help='path of the product package folder, or its import name')
+    add_product_argument(parser)
     args = parser.parse_args(argv)
     folder = _locate(parser, args.product)
     try:

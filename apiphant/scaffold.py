@@ -14,14 +14,14 @@ from string import Template
 from apiphant import __version__
 
 SKELETON = Path(__file__).parent / 'skeleton'
-COMMANDS = ('new', 'routes', 'openapi')  # `apiphant NAME` would mean the command, not the product
 
 
 class ScaffoldError(Exception):
     """The product cannot be created; the message says why, in one line."""
 
 
-def check_name(name):
+def check_name(name, commands):
+    """`commands`: the apiphant commands, as `apiphant NAME` would mean the command, not the product."""
     if not name.isidentifier() or keyword.iskeyword(name):
         raise ScaffoldError(f'{name!r} is not a valid Python package name '
                             f'(letters, digits and _, not starting with a digit, not a keyword)')
@@ -31,16 +31,16 @@ def check_name(name):
     if name in sys.stdlib_module_names or importlib.util.find_spec(name) is not None:
         raise ScaffoldError(f'{name!r} is the name of a module already installed here: the product '
                             f'and that module would hide one another')
-    if name in COMMANDS:
+    if name in commands:
         raise ScaffoldError(f'{name!r} is an apiphant command: `apiphant {name}` could not serve it')
 
 
-def create(name, parent='.'):
+def create(name, commands, parent='.'):
     """Write the product folder `parent/name`; return its path. Refuses to touch an existing one."""
     root = Path(parent) / name
     if root.exists():
         raise ScaffoldError(f'{root} already exists: choose another name or remove it first')
-    check_name(name)
+    check_name(name, commands)
     values = {'product': name, 'apiphant_version': __version__}
     files = sorted(path for path in SKELETON.rglob('*.tmpl') if path.is_file())
     rendered = {_destination(path.relative_to(SKELETON), name): Template(path.read_text()).substitute(values)
