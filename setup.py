@@ -19,11 +19,16 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['apiphant', 'apiphant.*']),
     package_data={'apiphant': ['skeleton/*.tmpl', 'skeleton/**/*.tmpl']},  # `apiphant new`'s files
-    install_requires=['gevent>=23.9', 'ujson>=5.8'],
+    # The ranges the test suite runs on: gevent's public socket, Event and signal API; httptools'
+    # HttpRequestParser (llhttp, strict by default).
+    install_requires=['gevent>=23.9,<27', 'ujson>=5.8', 'httptools>=0.6,<0.10'],
     extras_require={
         'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20'],
         'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20', 'openapi-spec-validator>=0.7',
-                 'schemathesis>=4.0'],
+                 'schemathesis>=4.0',
+                 # real clients, and the same App under other WSGI servers (tests/test_clients.py,
+                 # tests/test_wsgi_servers.py)
+                 'requests>=2.31', 'gunicorn>=23,<28', 'granian>=2.0,<3'],
     },
     entry_points={
         'console_scripts': [

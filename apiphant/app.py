@@ -11,11 +11,13 @@ import sys
 
 import ujson
 
+from apiphant import routes
 from apiphant.validation import ApiError
 
 log = logging.getLogger('apiphant')
 
 MAX_BODY = 1024 * 1024
+BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
 # ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
@@ -125,6 +127,8 @@ class App:
     def __call__(self, environ, start_response):
         route = self.routes.get(environ['PATH_INFO'])
         try:
+            if BODY_REFUSED in environ:
+                raise ApiError(413)
             if route is None:
                 raise ApiError(404)
             if route.raw_environ:
@@ -179,3 +183,7 @@ class App:
         start_response(error.status, headers, sys.exc_info())
         return [body]
 
+
+def load(product, max_body=MAX_BODY):
+    """The App of a product folder or importable name, routes discovered as `apiphant PRODUCT` does."""
+    return App(routes.discover(routes.locate(str(product))), max_body=max_body)

@@ -18,7 +18,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from apiphant import __version__, background, cors, openapi, reload, routes, scaffold, server  # noqa: E402
+from apiphant import __version__, background, cors, openapi, reload, routes, scaffold, server, workers  # noqa: E402
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')
@@ -146,16 +146,17 @@ def main(argv=None):
         app = cors.Cors(app, args.cors)
     bound_host, bound_port = listener.getsockname()[:2]
     shown_host = f'[{bound_host}]' if ':' in bound_host else bound_host
-    log.info('apiphant %s serving %s (%d routes) on http://%s:%d/api/ (workers %d, max body %d, '
-             'access log %s%s%s)', __version__, folder.name, len(table), shown_host, bound_port,
-             options.workers, options.max_body, 'on' if options.access_log else 'off',
-             f', cors {" ".join(args.cors)}' if args.cors else '',
-             ', reload on: development only' if os.environ.get(reload.ENVIRONMENT) else '')
     if not table:
         log.warning('no actions found under %s/api/v*/', folder)
+    # Logged by the server once SIGTERM is handled: whoever waits for this line may signal at once.
+    started = (f'apiphant {__version__} serving {folder.name} ({len(table)} routes) on '
+               f'http://{shown_host}:{bound_port}/api/ (workers {options.workers}, max body {options.max_body}, '
+               f'access log {"on" if options.access_log else "off"}'
+               f'{", cors " + " ".join(args.cors) if args.cors else ""}'
+               f'{", reload on: development only" if os.environ.get(reload.ENVIRONMENT) else ""})')
     if options.workers > 1:
-        return server.run_workers(app, listener, options)
-    return server.serve(app, listener, options)
+        return workers.run_workers(app, listener, options, started)
+    return server.serve(app, listener, options, started)
 
 
 def new_main(argv):

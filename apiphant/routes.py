@@ -1,4 +1,4 @@
-"""Product folder -> {'/api/v0/echo/read': Route, ...}, built once at start-up.
+"""Product folder -> {'/api/v0/echo/read': Route, ...}, built once at start-up; the escape hatches.
 
 Routes come from walking the product's files, never from a request: a path that is not in the table
 is a 404, so nothing a client names is ever imported or opened.
@@ -15,6 +15,19 @@ from typing import Callable, NamedTuple
 
 ACTIONS = ('create', 'read', 'update', 'delete')
 _VERSION = re.compile(r'v\d+\Z')
+
+
+def raw_environ(action):
+    """The action gets the WSGI environ instead of a parsed request, for any HTTP method."""
+    action.raw_environ = True
+    return action
+
+
+def raw_response(action):
+    """The action gets `start_response` too and returns the WSGI body iterable itself: a list, any
+    iterable (sent chunked, as it comes) or `environ['wsgi.file_wrapper'](file)`."""
+    action.raw_response = True
+    return action
 
 
 class Route(NamedTuple):

@@ -22,8 +22,7 @@ from wsgiref.util import setup_testing_defaults
 
 import ujson
 
-from apiphant import routes
-from apiphant.app import MAX_BODY, App, encode
+from apiphant.app import MAX_BODY, encode, load
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r'on (http://\S+?)/api/')
@@ -132,7 +131,7 @@ def client(product, max_body=MAX_BODY):
     The product is loaded as `apiphant PRODUCT` loads it (same routes, same import errors), but
     without gevent's monkey-patching: actions run as plain Python, under the test's own thread.
     """
-    app = App(routes.discover(routes.locate(str(product))), max_body=max_body)
+    app = load(product, max_body=max_body)
     saved = config.app
     config.app = app
     try:

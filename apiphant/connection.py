@@ -1,0 +1,528 @@
+"""One client connection: HTTP/1.1 read by llhttp (httptools), answered by a WSGI app, in one greenlet.
+
+How it reads and why:
+- llhttp parses in C, strictly: a header line without a colon or with a space before it, a folded
+  line, a bare LF, two Content-Lengths, Content-Length beside Transfer-Encoding, a bad chunk size
+  are refused, so no proxy in front can be made to read a request differently (request smuggling).
+  On top of llhttp this refuses a transfer coding other than a lone `chunked`, an HTTP version
+  other than 1.0 and 1.1 (HTTP/0.9 included), upgrades, a request line over MAX_URL (414), more
+  than MAX_HEADERS headers or a head over MAX_HEAD (400). llhttp refuses raw bytes outside ASCII
+  in a request-target, which nginx and most servers accept: such a target is read as though they
+  were percent-encoded (the route table then answers 404).
+- llhttp calls back while it parses one read, which may hold several pipelined requests: they are
+  collected, then answered in order, and the answers to one read go out in one send; with
+  TCP_NODELAY a keep-alive client never meets the 40 ms delayed-ACK stall of two writes.
+- A body is read whole, at most `max_body` bytes, before the app runs, so an action's time is its
+  own and `CONTENT_LENGTH` is always the length of `wsgi.input`. A larger body is refused before it
+  is read: at the end of the headers for a Content-Length, as soon as the chunks pass the limit for
+  a chunked body. The app is then called with an empty body and BODY_REFUSED set, and answers 413
+  like any other error, so a middleware (CORS) still adds its headers. `Expect: 100-continue` is answered with `100 Continue` only when the
+  body will be taken (curl waits for it before sending a body over 1 KiB).
+- A refused request is answered, then closed gracefully: stop sending, read and drop for up to
+  LINGER s. Closing a socket with unread input sends a reset, which can destroy the answer before
+  the client reads it.
+- Deadlines are one float per connection, checked by the server's reaper: `request_timeout` from a
+  request's first byte to its last body byte (slowloris) or from accept to a first byte,
+  `idle_timeout` between requests.
+"""
+
+import io
+import logging
+import socket
+import sys
+import time
+from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
+
+import gevent
+import httptools
+from gevent import monkey
+
+from apiphant.app import BODY_REFUSED, encode
+from apiphant.validation import ApiError
+
+log = logging.getLogger('apiphant')
+
+READ_SIZE = 65536  # one recv; nothing stays allocated between reads
+MAX_URL = 8192
+MAX_HEADERS = 100
+MAX_HEAD = 65536  # request line and headers, counted per read (see Connection._feed)
+LINGER = 2.0
+FAIRNESS_BUDGET = 16
+FILE_BLOCK = 65536
+NEVER = float('inf')
+
+_CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+_NO_BODY_STATUSES = ('1', '204', '304')
+_poll, _POLLIN = monkey.get_original('select', ['poll', 'POLLIN'])  # a check that never waits
+
+
+def closing_response(status_code):
+    """A complete JSON error answer for a request refused before (or instead of) the app."""
+    error = ApiError(status_code)
+    body = encode(error.body)
+    return (b'HTTP/1.1 %s\r\nContent-Type: application/json\r\nConnection: close\r\n'
+            b'Content-Length: %d\r\n\r\n%s' % (error.status.encode(), len(body), body))
+
+
+_REFUSALS = {status: closing_response(status) for status in (400, 414, 500)}
+
+
+
+class Clock:
+    """Date header and log timestamp, formatted once a second instead of once a request."""
+
+    second = 0
+    http_date = ''
+    log_time = ''
+
+    @classmethod
+    def tick(cls):
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.http_date = formatdate(now, usegmt=True)
+            cls.log_time = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))
+        return cls
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: an action may answer with a file, sent in FILE_BLOCK pieces."""
+
+    def __init__(self, file, block_size=FILE_BLOCK):
+        self.file = file
+        self.block_size = block_size
+        if hasattr(file, 'close'):
+            self.close = file.close
+
+    def __iter__(self):
+        read, size = self.file.read, self.block_size
+        while True:
+            block = read(size)
+            if not block:
+                return
+            yield block
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the status is on the connection."""
+
+
+class _Request:
+    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done')
+
+    def __init__(self, started):
+        self.url = b''
+        self.headers = []
+        self.body = []
+        self.size = 0
+        self.started = started
+        self.environ = None
+        self.method = ''
+        self.keep_alive = False
+        self.head_done = False
+
+
+class Connection:
+    """The parser's callbacks (on_*) fill `ready`; `run` answers what each read completed."""
+
+    def __init__(self, sock, address, server):
+        self.sock = sock
+        self.address = address
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.deadline = time.monotonic() + server.options.request_timeout  # a first byte, soon
+        self.idle_since = None  # when it began waiting for a next request, on a kept-alive connection
+        self.requests_served = 0
+        self.request = None  # the request being parsed
+        self.ready = []  # requests parsed whole, waiting for their answer
+        self.output = []  # answers to this read, sent together
+        self.refusal = None  # status code of a request refused while parsing, answered by the server
+        self.linger = False  # a body was refused unread: close gracefully after the answers
+        self.continue_wanted = False
+        self.began = False  # a request began in the read being parsed
+        self.head_bytes = 0
+        self.aborted = False
+        self.status = None
+        self.response_headers = None
+        self.head_sent = False
+
+    # -- llhttp's callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self):
+        now = time.monotonic()
+        self.request = _Request(now)
+        self.began = True
+        self.head_bytes = 0
+        self.idle_since = None
+        self.deadline = now + self.server.options.request_timeout
+
+    def on_url(self, url):
+        request = self.request
+        request.url += url
+        if len(request.url) > MAX_URL:
+            self._refuse(414, 'request line too long')
+
+    def on_header(self, name, value):
+        headers = self.request.headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
+            self._refuse(400, f'more than {MAX_HEADERS} headers')
+
+    def on_headers_complete(self):
+        parser, request = self.parser, self.request
+        request.head_done = True
+        version = parser.get_http_version()
+        if version not in ('1.1', '1.0'):
+            self._refuse(400, f'HTTP version {version}')
+        if parser.should_upgrade():
+            self._refuse(400, 'upgrade or CONNECT request')
+        environ = self.server.environ.copy()
+        length = None
+        codings = []
+        expect = b''
+        for name, value in request.headers:
+            key = name.upper()
+            if key == b'CONTENT-LENGTH':
+                length = int(value)  # llhttp has checked it is digits, and the only one
+            elif key == b'TRANSFER-ENCODING':
+                codings.append(value)
+            elif key == b'CONTENT-TYPE':
+                environ['CONTENT_TYPE'] = value.decode('latin-1')
+            elif b'_' not in key:  # a name with "_" could pose as one with "-" in the environ: dropped
+                if key == b'EXPECT':
+                    expect = value.lower()
+                wsgi_key = 'HTTP_' + key.replace(b'-', b'_').decode('latin-1')
+                text = value.decode('latin-1')
+                environ[wsgi_key] = environ[wsgi_key] + ',' + text if wsgi_key in environ else text
+        if codings and (len(codings) > 1 or codings[0].lower() != b'chunked'):
+            self._refuse(400, f'unsupported Transfer-Encoding {b", ".join(codings).decode("latin-1")!r}')
+        method = request.method = parser.get_method().decode('latin-1')
+        path, _, query = request.url.partition(b'?')
+        if path[:1] != b'/' and b'://' in path:  # absolute-form, as sent to proxies
+            path = b'/' + path.split(b'://', 1)[1].partition(b'/')[2]
+        environ['REQUEST_METHOD'] = method
+        environ['PATH_INFO'] = (unquote_to_bytes(path) if b'%' in path else path).decode('latin-1')
+        environ['QUERY_STRING'] = query.decode('latin-1')
+        environ['SERVER_PROTOCOL'] = 'HTTP/' + version
+        environ['REMOTE_ADDR'] = self.address[0]
+        environ['REMOTE_PORT'] = str(self.address[1])
+        request.environ = environ
+        if length is not None and length > self.server.options.max_body:
+            self._refuse_body(f'Content-Length {length}')
+        self.continue_wanted = expect == b'100-continue' and version == '1.1' and bool(length or codings)
+
+    def on_body(self, chunk):
+        request = self.request
+        request.body.append(chunk)
+        request.size += len(chunk)
+        self.continue_wanted = False
+        if request.size > self.server.options.max_body:
+            self._refuse_body('chunked body over the limit')
+
+    def on_message_complete(self):
+        self._complete(b''.join(self.request.body), self.parser.should_keep_alive())
+
+    def _complete(self, body, keep_alive):
+        request = self.request
+        request.body = None
+        environ = request.environ
+        environ['CONTENT_LENGTH'] = str(len(body))
+        environ['wsgi.input'] = io.BytesIO(body)
+        request.keep_alive = keep_alive
+        self.ready.append(request)
+        self.request = None
+        self.continue_wanted = False
+
+    def _refuse_body(self, reason):
+        """Stop reading: the app answers this request with 413 (see the module docstring)."""
+        log.info('body refused from %s: %s', self.address[0], reason)
+        self.request.environ[BODY_REFUSED] = True
+        self._complete(b'', False)
+        self.linger = True
+        raise _Refused(reason)
+
+    def _refuse(self, status, reason):
+        log.info('bad request from %s: %s', self.address[0], reason)
+        self.refusal = status
+        raise _Refused(reason)
+
+    # -- the connection's loop ---------------------------------------------------------------------
+
+    def run(self):
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(READ_SIZE)
+                except OSError:
+                    return
+                if not data:
+                    if self.request is not None and not self.aborted:
+                        # The client stopped sending in the middle of a request: say so, then close.
+                        self.refusal = 400
+                        self._answer()
+                    return
+                self._feed(data)
+                if (self.ready or self.refusal or self.continue_wanted) and not self._answer():
+                    return
+        finally:
+            self.server.forget(self)
+            self.sock.close()
+
+    def _feed(self, data):
+        fresh = self.request is None and not self.ready
+        self.began = False
+        try:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserInvalidURLError:
+                retry = fresh and not self.ready and _percent_encoded_target(data)
+                if not retry:
+                    raise
+                self.parser = httptools.HttpRequestParser(self)
+                self.parser.feed_data(retry)
+        except httptools.HttpParserError as error:
+            if self.refusal is None and not self.linger:
+                log.info('bad request from %s: %s', self.address[0], error)
+                self.refusal = 400
+            return
+        except httptools.HttpParserUpgrade:  # (should_upgrade refuses these first)
+            self.refusal = 400
+            return
+        request = self.request
+        if request is not None and not request.head_done and not self.began:
+            # A read that began the request is not counted: a head may be up to one read larger.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD:
+                log.info('bad request from %s: head over %d bytes', self.address[0], MAX_HEAD)
+                self.refusal = 400
+
+    def _answer(self):
+        """Answer every request this read completed, then any refusal; False when closing."""
+        server = self.server
+        ready, self.ready = self.ready, []
+        self.deadline = NEVER  # an action takes its own time
+        keep_alive = True
+        last = len(ready) - 1
+        for index, request in enumerate(ready):
+            keep_alive = self._respond(request, index == last)
+            self.requests_served += 1
+            if not keep_alive:
+                break
+        if keep_alive:
+            if self.refusal:
+                self.output.append(_REFUSALS[self.refusal])
+                self._log(self.request or _Request(time.monotonic()), 0, self.refusal)
+                keep_alive = False
+            elif self.continue_wanted:
+                self.output.append(_CONTINUE)
+                self.continue_wanted = False
+        if self.output and not self._send():
+            return False
+        if self.refusal or self.linger:
+            self._drop_input()
+            return False
+        if not keep_alive:
+            return False
+        now = time.monotonic()
+        if self.request is not None:
+            self.deadline = self.request.started + server.options.request_timeout
+        else:
+            self.idle_since = now
+            self.deadline = now + server.options.idle_timeout
+        server.served += len(ready)
+        if server.served >= FAIRNESS_BUDGET:
+            # A client whose next request is always waiting would otherwise keep the event loop.
+            server.served = 0
+            gevent.sleep(0)
+        return True
+
+    def _respond(self, request, last):
+        """Call the app for one request; its answer joins `output` (or is streamed). False: close.
+
+        A drain that began while the action ran closes after the last answer to this read."""
+        environ = request.environ
+        self.status = None
+        self.head_sent = False
+        written = []
+        self.write = written.append
+        try:
+            result = self.server.app(environ, self.start_response)
+        except Exception:
+            log.exception('the application failed on %s', environ['PATH_INFO'])
+            return self._fail(request)
+        closing = not request.keep_alive or (last and self.server.draining)
+        try:
+            if type(result) is list or type(result) is tuple:
+                if self.status is None:
+                    raise RuntimeError('the application returned without calling start_response')
+                return self._buffered(request, b''.join(written) + b''.join(result), closing)
+            return self._streamed(request, written, result, closing)
+        except Exception:
+            log.exception('the application failed on %s', environ['PATH_INFO'])
+            return self._fail(request)
+        finally:
+            close = getattr(result, 'close', None)
+            if close is not None:
+                close()
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None and self.head_sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status = status
+        self.response_headers = headers
+        return self.write
+
+    def _head(self, request, length, closing):
+        """The status line and headers; `length` None: the caller frames the body itself.
+        Returns the head, whether the connection closes after it, whether the status allows a body
+        and whether the app gave its length."""
+        status = self.status
+        lines = []
+        has_length = has_date = False
+        for name, value in self.response_headers:
+            lower = name.lower()
+            if lower == 'content-length':
+                has_length = True
+            elif lower == 'date':
+                has_date = True
+            elif lower == 'connection' and 'close' in value.lower():
+                closing = True
+                continue
+            lines.append(f'{name}: {value}\r\n')
+        text = ''.join(lines)
+        if text.count('\n') != len(lines) or text.count('\r') != len(lines):
+            raise ValueError(f'a response header holds a line break: {self.response_headers!r}')
+        body_allowed = not status.startswith(_NO_BODY_STATUSES)
+        if not has_date:
+            text += f'Date: {Clock.tick().http_date}\r\n'
+        if body_allowed and not has_length and length is not None:
+            text += f'Content-Length: {length}\r\n'
+        if closing:
+            text += 'Connection: close\r\n'
+        elif request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
+            text += 'Connection: keep-alive\r\n'
+        return f'HTTP/1.1 {status}\r\n{text}\r\n'.encode('latin-1'), closing, body_allowed, has_length
+
+    def _buffered(self, request, body, closing):
+        head, closing, body_allowed, _ = self._head(request, len(body), closing)
+        self.output.append(head + body if body_allowed and request.method != 'HEAD' else head)
+        self._log(request, len(body))
+        return not closing
+
+    def _streamed(self, request, written, result, closing):
+        """An iterable of unknown length: sent as it comes, chunked (HTTP/1.1) or up to a close."""
+        chunks = iter(result)
+        first = b''.join(written) + next(chunks, b'')
+        if self.status is None:
+            raise RuntimeError('the application returned without calling start_response')
+        length = 0 if self.status.startswith(_NO_BODY_STATUSES) else None
+        http_1_0 = request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0'
+        head, closing, _, framed = self._head(request, length, closing or http_1_0)
+        chunked = not framed and length is None and not closing
+        if chunked:
+            head = head[:-2] + b'Transfer-Encoding: chunked\r\n\r\n'
+        if request.method == 'HEAD' or length == 0:
+            self.output.append(head)
+            self._log(request, 0)
+            return not closing
+        sent = 0
+        piece = first
+        self.output.append(head)
+        self.head_sent = True
+        while True:
+            if piece:
+                sent += len(piece)
+                self.output.append(b'%x\r\n%s\r\n' % (len(piece), piece) if chunked else piece)
+                if not self._send():
+                    return False
+            piece = next(chunks, None)
+            if piece is None:
+                break
+        if chunked:
+            self.output.append(b'0\r\n\r\n')
+        self._log(request, sent)
+        return not closing
+
+    def _fail(self, request):
+        """The app raised (or answered nonsense) before its answer went out: a 500, then close."""
+        self.output.append(_REFUSALS[500])
+        self.status = '500 Internal Server Error'
+        self._log(request, 0)
+        return False
+
+    def _send(self):
+        data = b''.join(self.output)
+        self.output = []
+        try:
+            # Performance: gevent's sendall asks the kernel for SO_SNDBUF on every call; a single
+            # send() almost always takes a whole batch of answers.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
+        except OSError:
+            return False
+        return True
+
+    def _drop_input(self):
+        """Lingering close: stop sending, then read and drop for up to LINGER s (see the docstring)."""
+        self.deadline = time.monotonic() + LINGER
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while self.sock.recv(READ_SIZE):
+                pass
+        except OSError:
+            pass
+
+    def _log(self, request, length, code=None):
+        """The access log line: time, client, method, path, status, body bytes, duration."""
+        stream = self.server.access_log
+        if stream is None:
+            return
+        path = request.url.decode('latin-1') or '-'
+        if not path.isprintable():
+            path = ascii(path)
+        duration = (time.monotonic() - request.started) * 1000
+        stream.write(f'{Clock.tick().log_time} {self.address[0]} {request.method or "-"} {path} '
+                     f'{code or self.status.split(" ", 1)[0]} {length} {duration:.2f}ms\n')
+
+    # -- for the server ----------------------------------------------------------------------------
+
+    def input_pending(self):
+        """Whether the client has sent bytes not yet read (a request racing the drain), or closed."""
+        try:
+            poller = _poll()
+            poller.register(self.sock.fileno(), _POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
+
+    def abort(self):
+        """Close the connection under its greenlet: a blocked read wakes up to end of file."""
+        self.aborted = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _percent_encoded_target(data):
+    """The read with its request-target's raw non-ASCII and control bytes percent-encoded, or None."""
+    end = data.find(b'\r\n')
+    if end < 0:
+        return None
+    parts = data[:end].split(b' ')
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    quoted = b''.join(b'%%%02X' % byte if byte < 0x21 or byte > 0x7e else bytes((byte,)) for byte in target)
+    return b' '.join((method, quoted, version)) + data[end:]
+
+
+def base_environ(listener, multiprocess, file_wrapper=FileWrapper):
+    """What every request's environ shares; each request gets a copy."""
+    host, port = listener.getsockname()[:2]
+    return {'SCRIPT_NAME': '', 'SERVER_NAME': host, 'SERVER_PORT': str(port),
+            'wsgi.version': (1, 0), 'wsgi.url_scheme': 'http', 'wsgi.errors': sys.stderr,
+            'wsgi.multithread': True, 'wsgi.multiprocess': multiprocess, 'wsgi.run_once': False,
+            'wsgi.input_terminated': True, 'wsgi.file_wrapper': file_wrapper}
