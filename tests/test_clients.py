@@ -1,0 +1,205 @@
+"""Real HTTP/1.1 clients against apiphant's own connection layer: curl, requests, ab, raw sockets.
+
+What a client may rely on beyond one request per connection: `Expect: 100-continue`, keep-alive,
+chunked uploads and chunked answers, pipelining (answers in order, one write per read), HTTP/1.0
+with and without keep-alive, file-like answers, and a body limit owned by the server alone.
+"""
+
+import json
+import re
+import select
+import shutil
+import socket
+import subprocess
+
+import pytest
+import requests
+
+from apiphant.test import serve
+from support import EXAMPLE, make_product, raw_exchange
+
+ECHO = '/api/v0/echo/read'
+
+# Raw answers of unknown length: chunked, or up to the close for HTTP/1.0; and a file.
+STREAMS = {'api/v0/stream.py': '''
+    from apiphant.server import raw_environ, raw_response
+
+
+    @raw_environ
+    @raw_response
+    def read(environ, start_response):
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return (b'line %d\\n' % number for number in range(2000))
+
+
+    @raw_environ
+    @raw_response
+    def update(environ, start_response):
+        start_response('200 OK', [('Content-Type', 'text/x-python')])
+        return environ['wsgi.file_wrapper'](open(__file__, 'rb'), 100)
+
+
+    @raw_environ
+    def create(environ):
+        body = environ['wsgi.input'].read()
+        return {'length': environ['CONTENT_LENGTH'], 'read': len(body)}
+
+
+    @raw_environ
+    def delete(environ):
+        return {'client': [environ['REMOTE_ADDR'], environ['REMOTE_PORT']]}
+'''}
+STREAM_LINES = b''.join(b'line %d\n' % number for number in range(2000))
+
+
+@pytest.fixture(scope='module')
+def streams(tmp_path_factory):
+    folder = make_product(tmp_path_factory.mktemp('streams'), 'streams', STREAMS)
+    with serve(folder, '--max-body', '1k') as running:
+        yield running
+
+
+def url(server, path=ECHO):
+    return f'http://127.0.0.1:{server.port}{path}'
+
+
+def test_curl_waits_for_100_continue_and_gets_the_answer(example, tmp_path):
+    body = json.dumps({'hello': 'x' * 3000}).encode()
+    (tmp_path / 'body.json').write_bytes(body)
+    result = subprocess.run(['curl', '-sS', '-v', '--expect100-timeout', '30', '-H', 'Expect: 100-continue',
+                             '--data-binary', f'@{tmp_path / "body.json"}', url(example)],
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert b'< HTTP/1.1 100 Continue' in result.stderr
+    assert json.loads(result.stdout) == {'hello': 'x' * 3000, 'server': 'myproduct'}
+
+
+def test_100_continue_is_a_413_without_reading_when_the_body_is_too_large(streams, tmp_path):
+    (tmp_path / 'big').write_bytes(b'x' * 5000)
+    result = subprocess.run(['curl', '-sS', '-v', '--expect100-timeout', '30', '-H', 'Expect: 100-continue',
+                             '--data-binary', f'@{tmp_path / "big"}', url(streams, '/api/v0/stream/create')],
+                            capture_output=True, timeout=60)
+    assert b'100 Continue' not in result.stderr
+    assert b'< HTTP/1.1 413 ' in result.stderr
+    assert json.loads(result.stdout) == {'error': '413 Request Entity Too Large'}
+
+
+def test_requests_keeps_one_connection_alive(streams):
+    with requests.Session() as session:
+        clients = {tuple(session.post(url(streams, '/api/v0/stream/delete'), timeout=10).json()['client'])
+                   for _ in range(30)}
+    assert len(clients) == 1  # one client port: one connection for all 30
+
+
+def test_requests_chunked_upload(example, streams):
+    pieces = [b'{"hello": ', b'"chunks", ', b'"n": 7}']
+    reply = requests.post(url(example), data=iter(pieces), timeout=10)
+    assert reply.json() == {'hello': 'chunks', 'n': 7, 'server': 'myproduct'}
+    reply = requests.post(url(streams, '/api/v0/stream/create'), data=iter([b'a' * 300] * 3), timeout=10)
+    assert reply.json() == {'length': '900', 'read': 900}
+
+
+def test_chunked_upload_over_the_limit_is_refused_while_it_arrives(streams):
+    reply = requests.post(url(streams, '/api/v0/stream/create'), data=iter([b'a' * 512] * 4000), timeout=30)
+    assert (reply.status_code, reply.json()) == (413, {'error': '413 Request Entity Too Large'})
+
+
+def test_the_body_limit_has_one_owner_the_action_never_runs(streams):
+    """Over --max-body the server reads no body and the app answers 413 without running the action,
+    with a Content-Length or chunked."""
+    before = sum('POST /api/v0/stream/create 200' in line for line in streams.log)
+    head = b'POST /api/v0/stream/create HTTP/1.1\r\nHost: t\r\n'
+    reply = raw_exchange(streams.port, head + b'Content-Length: 2000\r\n\r\n' + b'a' * 2000)
+    assert reply.startswith(b'HTTP/1.1 413 ') and reply.endswith(b'{"error": "413 Request Entity Too Large"}')
+    assert sum('POST /api/v0/stream/create 200' in line for line in streams.log) == before
+
+
+def test_unknown_length_answers_are_chunked_and_files_are_sent(streams):
+    reply = requests.get(url(streams, '/api/v0/stream/read'), timeout=10)
+    assert reply.headers['Transfer-Encoding'] == 'chunked'
+    assert reply.content == STREAM_LINES
+    reply = requests.get(url(streams, '/api/v0/stream/update'), timeout=10)
+    assert reply.content.startswith(b'\nfrom apiphant.server import') and b'wsgi.file_wrapper' in reply.content
+
+
+def test_http_1_0_gets_unknown_length_answers_up_to_the_close(streams):
+    reply = raw_exchange(streams.port, b'GET /api/v0/stream/read HTTP/1.0\r\n\r\n')
+    head, _, body = reply.partition(b'\r\n\r\n')
+    assert b'Transfer-Encoding' not in head and b'Connection: close' in head
+    assert body == STREAM_LINES
+
+
+def test_http_1_0_keep_alive_and_close(example):
+    keep = b'POST /api/v0/echo/read HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 8\r\n\r\n{"n": %d}'
+    with socket.create_connection(('127.0.0.1', example.port), timeout=10) as sock:
+        for number in range(3):
+            sock.sendall(keep % number)
+            reply = read_answers(sock, 1)
+            assert b'Connection: keep-alive' in reply and b'"n": %d' % number in reply
+        sock.sendall(b'POST /api/v0/echo/read HTTP/1.0\r\nContent-Length: 8\r\n\r\n{"n": 9}')
+        reply = read_answers(sock, 1)
+        assert b'Connection: close' in reply and b'"n": 9' in reply
+        assert sock.recv(1) == b''  # closed by the server
+
+
+ANSWER_HEAD = re.compile(rb'HTTP/1\.1 \d{3} [^\r]*\r\n(?:[^\r]+\r\n)*\r\n')
+
+
+def read_answers(sock, count):
+    """Read until `count` whole answers (each with a Content-Length) have come."""
+    data = b''
+    while True:
+        at = complete = 0
+        while complete < count:
+            head = ANSWER_HEAD.match(data, at)
+            if not head:
+                break
+            end = head.end() + int(re.search(rb'Content-Length: (\d+)', head.group()).group(1))
+            if end > len(data):
+                break
+            at, complete = end, complete + 1
+        if complete == count:
+            return data
+        chunk = sock.recv(65536)
+        assert chunk, f'closed after {complete} answer(s)'
+        data += chunk
+
+
+def test_pipelined_requests_are_answered_in_order_in_one_write(example):
+    requests_ = b''.join(b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s'
+                         % (len(body), body) for body in (b'{"n": %d}' % n for n in range(10)))
+    with socket.create_connection(('127.0.0.1', example.port), timeout=10) as sock:
+        sock.sendall(requests_)  # one send: on loopback the server reads all ten at once
+        assert select.select([sock], [], [], 10)[0]
+        first = sock.recv(1 << 20)  # the first bytes to arrive hold every answer, or there were several writes
+    assert first.count(b'HTTP/1.1 200 OK') == 10
+    assert [int(number) for number in re.findall(rb'"n": (\d+)', first)] == list(range(10))
+
+
+@pytest.mark.skipif(not shutil.which('ab'), reason='ab is not installed (tests/run installs apache2-utils)')
+def test_apachebench_keep_alive(tmp_path):
+    (tmp_path / 'body.json').write_text('{"hello": "world"}')
+    with serve(EXAMPLE, '--no-access-log') as server:
+        result = subprocess.run(['ab', '-k', '-q', '-n', '3000', '-c', '20', '-p', str(tmp_path / 'body.json'),
+                                 '-T', 'application/json', url(server)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    numbers = dict(re.findall(r'^([A-Za-z-]+(?: [a-z-]+)*):\s+(\d+)', result.stdout, re.M))
+    assert numbers['Complete requests'] == '3000', result.stdout
+    assert numbers['Failed requests'] == '0', result.stdout
+    assert numbers['Keep-Alive requests'] == '3000', result.stdout
+    assert 'Non-2xx responses' not in result.stdout
+
+
+def test_python_client_sees_no_reset_on_a_refused_pipeline(example):
+    """A refused request after good ones: the good ones are answered, then the 400, then a close."""
+    good = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}'
+    reply = raw_exchange(example.port, good * 2 + b'BROKEN\r\n\r\n')
+    assert reply.count(b'HTTP/1.1 200 OK') == 2 and b'HTTP/1.1 400 Bad Request' in reply
+    assert reply.endswith(b'{"error": "400 Bad Request"}')
+
+
+def test_raw_utf8_path_is_a_404_not_a_parse_error(example):
+    reply = raw_exchange(example.port, 'POST /api/v0/échø/read HTTP/1.1\r\nConnection: close\r\n\r\n'.encode())
+    assert reply.startswith(b'HTTP/1.1 404 ')
+    assert raw_exchange(example.port, b'POST /api/v0/echo/read HTTP/1.1\r\nConnection: close\r\n'
+                                      b'Content-Length: 2\r\n\r\n{}').startswith(b'HTTP/1.1 200 ')

@@ -1,0 +1,89 @@
+"""The same product under other WSGI servers: gunicorn's gevent worker and granian's WSGI interface.
+
+The App is a plain PEP 3333 callable (`apiphant.wsgi:application`); what it answers must not
+depend on apiphant's own server: JSON echo, errors, the escape hatches, its own body limit.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from apiphant.test import call, config, test
+from support import KITCHEN, raw_exchange
+
+START_TIMEOUT = 30
+SERVERS = {
+    'gunicorn gevent': ['-m', 'gunicorn', '-k', 'gevent', '-w', '1', '-b', '127.0.0.1:{port}',
+                        'apiphant.wsgi:application'],
+    'granian wsgi': ['-m', 'granian', '--interface', 'wsgi', '--host', '127.0.0.1', '--port', '{port}',
+                     '--workers', '1', '--no-ws', 'apiphant.wsgi:application'],
+}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module', params=list(SERVERS), ids=list(SERVERS))
+def other_server(request):
+    port = free_port()
+    command = [sys.executable, *(part.format(port=port) for part in SERVERS[request.param])]
+    process = subprocess.Popen(command, env={**os.environ, 'APIPHANT_PRODUCT': str(KITCHEN)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f'{request.param} did not start: {process.stderr.read()}')
+                time.sleep(0.05)  # (no line to wait for: each server words its start-up differently)
+        saved = (config.host, config.port, config.app)
+        config.host, config.port, config.app = '127.0.0.1', port, None
+        try:
+            yield port
+        finally:
+            config.host, config.port, config.app = saved
+    finally:
+        process.terminate()
+        try:
+            process.wait(START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_actions_and_errors(other_server):
+    test('things', 'create', {'id': 1, 'name': 'bob', 'user': {'city': 'Rome'}}, 200,
+         {'id': 1, 'name': 'bob', 'city': 'Rome'})
+    test('things', 'create', {'id': True}, 400, {'error': 'id is Invalid', 'field': 'id', 'state': 'invalid'})
+    test('nothing', 'read', {}, 404, {'error': '404 Not Found'})
+    assert call('things', 'read', method='GET')[0] == 405
+    assert call('things', 'delete', {'mode': 'crash'}) == (500, {'error': '500 Internal Server Error'})
+
+
+def test_escape_hatches(other_server):
+    assert call('raw', 'read', b'12345', method='PUT') == (200, {'method': 'PUT', 'length': 5})
+    assert call('raw', 'create', {'x': 'yz'}) == (200, 'plain yz')
+
+
+def test_the_app_refuses_a_body_over_its_limit(other_server):
+    body = json.dumps({'id': 1, 'name': 'x' * (1024 * 1024)}).encode()
+    assert call('things', 'create', body) == (413, {'error': '413 Request Entity Too Large'})
+
+
+def test_bad_json_is_a_json_400(other_server):
+    reply = raw_exchange(other_server, b'POST /api/v0/things/create HTTP/1.1\r\nHost: t\r\nConnection: close\r\n'
+                                       b'Content-Length: 5\r\n\r\n{"a":')
+    head, _, body = reply.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 400 ')
+    assert json.loads(body) == {'error': 'Request content should be JSON Object'}
