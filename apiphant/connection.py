@@ -68,7 +68,6 @@ def closing_response(status_code):
 _REFUSALS = {status: closing_response(status) for status in (400, 414, 500)}
 
 
-
 class Clock:
     """Date header and log timestamp, formatted once a second instead of once a request."""
 
@@ -146,6 +145,7 @@ class Connection:
         self.status = None
         self.response_headers = None
         self.head_sent = False
+        self.written = []  # what the app gave PEP 3333's `write` before returning its body
 
     # -- llhttp's callbacks ------------------------------------------------------------------------
 
@@ -182,19 +182,18 @@ class Connection:
         codings = []
         expect = b''
         for name, value in request.headers:
-            key = name.upper()
-            if key == b'CONTENT-LENGTH':
-                length = int(value)  # llhttp has checked it is digits, and the only one
-            elif key == b'TRANSFER-ENCODING':
-                codings.append(value)
-            elif key == b'CONTENT-TYPE':
-                environ['CONTENT_TYPE'] = value.decode('latin-1')
-            elif b'_' not in key:  # a name with "_" could pose as one with "-" in the environ: dropped
-                if key == b'EXPECT':
-                    expect = value.lower()
-                wsgi_key = 'HTTP_' + key.replace(b'-', b'_').decode('latin-1')
+            key = _WSGI_NAMES.get(name) or _wsgi_name(name)
+            if key[0] == 'H':
                 text = value.decode('latin-1')
-                environ[wsgi_key] = environ[wsgi_key] + ',' + text if wsgi_key in environ else text
+                environ[key] = environ[key] + ',' + text if key in environ else text
+                if key == 'HTTP_EXPECT':
+                    expect = value.lower()
+            elif key == 'CONTENT_LENGTH':
+                length = int(value)  # llhttp has checked it is digits, and the only one
+            elif key == 'TRANSFER_ENCODING':
+                codings.append(value)
+            elif key == 'CONTENT_TYPE':
+                environ[key] = value.decode('latin-1')
         if codings and (len(codings) > 1 or codings[0].lower() != b'chunked'):
             self._refuse(400, f'unsupported Transfer-Encoding {b", ".join(codings).decode("latin-1")!r}')
         method = request.method = parser.get_method().decode('latin-1')
@@ -270,7 +269,7 @@ class Connection:
             self.sock.close()
 
     def _feed(self, data):
-        fresh = self.request is None and not self.ready
+        fresh = self.request is None
         self.began = False
         try:
             try:
@@ -337,6 +336,10 @@ class Connection:
             gevent.sleep(0)
         return True
 
+    def write(self, data):
+        """PEP 3333's `write` callable, for the apps that still use it: data before the body."""
+        self.written.append(data)
+
     def _respond(self, request, last):
         """Call the app for one request; its answer joins `output` (or is streamed). False: close.
 
@@ -344,8 +347,7 @@ class Connection:
         environ = request.environ
         self.status = None
         self.head_sent = False
-        written = []
-        self.write = written.append
+        self.written = []
         try:
             result = self.server.app(environ, self.start_response)
         except Exception:
@@ -356,8 +358,8 @@ class Connection:
             if type(result) is list or type(result) is tuple:
                 if self.status is None:
                     raise RuntimeError('the application returned without calling start_response')
-                return self._buffered(request, b''.join(written) + b''.join(result), closing)
-            return self._streamed(request, written, result, closing)
+                return self._buffered(request, b''.join(self.written) + b''.join(result), closing)
+            return self._streamed(request, result, closing)
         except Exception:
             log.exception('the application failed on %s', environ['PATH_INFO'])
             return self._fail(request)
@@ -410,10 +412,10 @@ class Connection:
         self._log(request, len(body))
         return not closing
 
-    def _streamed(self, request, written, result, closing):
+    def _streamed(self, request, result, closing):
         """An iterable of unknown length: sent as it comes, chunked (HTTP/1.1) or up to a close."""
         chunks = iter(result)
-        first = b''.join(written) + next(chunks, b'')
+        first = b''.join(self.written) + next(chunks, b'')
         if self.status is None:
             raise RuntimeError('the application returned without calling start_response')
         length = 0 if self.status.startswith(_NO_BODY_STATUSES) else None
@@ -504,6 +506,24 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+_WSGI_NAMES = {}  # header name as sent -> its environ key; bounded, as clients choose the names
+_WSGI_NAMES_MAX = 4096
+_UNDERSCORE = '-'  # (not an environ key: a name with "_" is dropped)
+
+
+def _wsgi_name(name):
+    """HTTP_X_NAME for X-Name; CONTENT_LENGTH, CONTENT_TYPE and TRANSFER_ENCODING apart; a name with
+    "_" could pose as one with "-" in the environ, so it is dropped, as pywsgi and gunicorn do."""
+    key = name.upper().replace(b'-', b'_').decode('latin-1')
+    if b'_' in name:
+        key = _UNDERSCORE
+    elif key not in ('CONTENT_LENGTH', 'CONTENT_TYPE', 'TRANSFER_ENCODING'):
+        key = 'HTTP_' + key
+    if len(_WSGI_NAMES) < _WSGI_NAMES_MAX:
+        _WSGI_NAMES[name] = key
+    return key
 
 
 def _percent_encoded_target(data):

@@ -25,7 +25,7 @@ from gevent.event import Event
 
 from apiphant.app import MAX_BODY
 from apiphant.connection import Connection, base_environ
-from apiphant.routes import raw_environ, raw_response  # noqa: F401  (documented: from apiphant.server import ...)
+from apiphant.routes import raw_environ, raw_response  # noqa: F401  (documented: `from apiphant.server import raw_environ`)
 
 log = logging.getLogger('apiphant')
 
