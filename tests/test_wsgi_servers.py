@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from apiphant.test import call, config, test
+from apiphant.test import RunningServer, call, test
 from support import KITCHEN, raw_exchange
 
 START_TIMEOUT = 30
@@ -47,19 +47,11 @@ def other_server(request):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f'{request.param} did not start: {process.stderr.read()}')
                 time.sleep(0.05)  # (no line to wait for: each server words its start-up differently)
-        saved = (config.host, config.port, config.app)
-        config.host, config.port, config.app = '127.0.0.1', port, None
-        try:
+        with RunningServer(process, f'http://127.0.0.1:{port}/api/', []).use():
             yield port
-        finally:
-            config.host, config.port, config.app = saved
     finally:
         process.terminate()
-        try:
-            process.wait(START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.wait(START_TIMEOUT)  # each stops at once on SIGTERM when idle
 
 
 def test_actions_and_errors(other_server):
