@@ -43,6 +43,11 @@ def everyone():
         Contender('bare gevent, TCP_NODELAY', [python, str(HERE / 'bare.py'), '{port}', '--nodelay']),
         Contender('falcon', [python, str(HERE / 'falcon_echo.py'), '{port}']),
         Contender('httptools core', [python, str(HERE / 'httptools_echo.py'), '{port}']),
+        Contender('uvicorn+httptools', [python, str(HERE / 'uvicorn_echo.py'), '{port}']),
+        Contender('granian, apiphant App', ['env', f'APIPHANT_PRODUCT={ROOT / "example" / "myproduct"}', python,
+                                            '-m', 'granian', '--interface', 'wsgi', '--host', '127.0.0.1',
+                                            '--port', '{port}', '--workers', '1', '--no-ws', '--log-level',
+                                            'warning', 'apiphant.wsgi:application']),
     ]
 
 

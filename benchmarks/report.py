@@ -12,25 +12,27 @@ from pathlib import Path
 from contenders import HERE
 
 RESULTS = HERE / 'RESULTS.md'
-BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon', 'httptools core')
+BASELINES = ('bare gevent', 'bare gevent, TCP_NODELAY', 'falcon', 'httptools core', 'uvicorn+httptools',
+             'granian, apiphant App')
 _PREAMBLE = ('# Benchmark results\n\nWritten by `benchmarks/run.py --write`. The machines are shared and '
              'their speed drifts between runs: only numbers from one run (one section) compare.\n')
 
 
 def throughput(contenders, connection_counts, reference, *baselines):
     """The table of medians, and the ratios reference / baseline from this same run."""
-    lines = ['| contender | conns | req/s (median) | p50 ms | p99 ms | socket errors | non-2xx '
-             '| peak RSS MiB | server CPU µs/request |', '|---|---|---|---|---|---|---|---|---|']
+    lines = ['| contender | conns | req/s (median) | p50 ms | p99 ms | p99 / fair | socket errors | non-2xx '
+             '| peak RSS MiB | server CPU µs/request |', '|---|---|---|---|---|---|---|---|---|---|']
     medians = {}
     for connections in connection_counts:
         for contender in contenders:
             results = contender.results[connections]
             rate = medians[contender.name, connections] = statistics.median(
                 result.requests_per_second for result in results)
+            p99 = statistics.median(r.p99_ms for r in results)
             lines.append(
                 f'| {contender.name} | {connections} | {rate:,.0f} '
                 f'| {statistics.median(r.p50_ms for r in results):.2f} '
-                f'| {statistics.median(r.p99_ms for r in results):.2f} '
+                f'| {p99:.2f} | {fairness(p99, connections, rate):.1f} '
                 f'| {sum(r.socket_errors for r in results)} | {sum(r.non_2xx for r in results)} '
                 f'| {contender.peak_rss_kib / 1024:.1f} '
                 f'| {statistics.median(r.cpu_us_per_request for r in results):.0f} |')
@@ -44,27 +46,37 @@ def throughput(contenders, connection_counts, reference, *baselines):
     return '\n'.join(lines)
 
 
+def fairness(p99_ms, connections, requests_per_second):
+    """p99 over the fair latency: in a closed loop of N connections at X req/s, a server that serves
+    everyone in turn answers each request in N / X. It does not drift with the machine's speed."""
+    if not requests_per_second:
+        return float('nan')
+    return p99_ms / (connections / requests_per_second * 1000)
+
+
 def concurrency_header():
     return ('| contender | connections asked | established (ss, peak) | peak reached after s | socket errors '
-            '| req/s | p99 ms | peak RSS MiB | RSS per connection KiB | idle RSS per connection KiB |\n'
-            '|---|---|---|---|---|---|---|---|---|---|')
+            '| req/s | p99 ms | p99 / fair | peak RSS MiB | RSS per connection KiB | idle RSS per connection KiB |\n'
+            '|---|---|---|---|---|---|---|---|---|---|---|')
 
 
 def concurrency_row(contender, connections, established, established_seconds, result, rss_before_kib, idle_kib):
     peak = contender.peak_rss_kib
     per_connection = (peak - rss_before_kib) / established if established else float('nan')
     return (f'| {contender.name} | {connections} | {established} | {established_seconds:.1f} | {result.socket_errors} '
-            f'| {result.requests_per_second:,.0f} | {result.p99_ms:.1f} | {peak / 1024:.1f} '
+            f'| {result.requests_per_second:,.0f} | {result.p99_ms:.1f} '
+            f'| {fairness(result.p99_ms, established, result.requests_per_second):.1f} | {peak / 1024:.1f} '
             f'| {per_connection:.1f} | {idle_kib:.1f} |')
 
 
 def machine():
     cpu = next((line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
                 if line.startswith('model name')), platform.processor())
-    versions = subprocess.run([sys.executable, '-c', 'import apiphant, gevent, ujson, falcon, httptools; '
-                               'print(f"apiphant {apiphant.__version__}, gevent {gevent.__version__}, '
+    versions = subprocess.run([sys.executable, '-c', 'import apiphant, gevent, ujson, falcon, httptools, uvicorn, '
+                               'granian; print(f"apiphant {apiphant.__version__}, gevent {gevent.__version__}, '
                                'ujson {ujson.__version__}, falcon {falcon.__version__}, '
-                               'httptools {httptools.__version__}")'],
+                               'httptools {httptools.__version__}, uvicorn {uvicorn.__version__}, '
+                               'granian {granian.__version__}")'],
                               capture_output=True, text=True).stdout.strip()
     wrk_version = subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' Copyright')[0]
     commit = subprocess.run(['git', '-C', str(HERE), 'describe', '--always', '--dirty'], capture_output=True,

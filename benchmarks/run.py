@@ -1,4 +1,5 @@
-"""apiphant against bare gevent pywsgi, Falcon and an httptools server core, in one run, driven by wrk.
+"""apiphant against bare gevent pywsgi, Falcon, an httptools echo core, uvicorn+httptools and granian
+(serving apiphant's App), in one run, driven by wrk.
 
     python benchmarks/run.py                     3 interleaved rounds x 10 s at 64 and 256 connections
     python benchmarks/run.py --quick             1 round x 2 s (what the test suite runs)

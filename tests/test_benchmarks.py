@@ -9,7 +9,7 @@ import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'run.py'
 CONTENDERS = ('apiphant', 'apiphant, access log', 'bare gevent', 'bare gevent, TCP_NODELAY', 'falcon',
-              'httptools core')
+              'httptools core', 'uvicorn+httptools', 'granian, apiphant App')
 
 pytestmark = pytest.mark.skipif(not shutil.which('wrk'), reason='wrk is not installed (tests/run installs it)')
 
