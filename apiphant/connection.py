@@ -362,6 +362,9 @@ class Connection:
             return self._streamed(request, result, closing)
         except Exception:
             log.exception('the application failed on %s', environ['PATH_INFO'])
+            if self.head_sent:  # part of the answer is out: only a close can tell the client
+                self.output = []
+                return False
             return self._fail(request)
         finally:
             close = getattr(result, 'close', None)
@@ -419,9 +422,11 @@ class Connection:
         if self.status is None:
             raise RuntimeError('the application returned without calling start_response')
         length = 0 if self.status.startswith(_NO_BODY_STATUSES) else None
-        http_1_0 = request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0'
-        head, closing, _, framed = self._head(request, length, closing or http_1_0)
-        chunked = not framed and length is None and not closing
+        framed = length == 0 or any(name.lower() == 'content-length' for name, _ in self.response_headers)
+        if not framed and request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
+            closing = True  # no chunks in HTTP/1.0: the close ends the body
+        head, closing, _, _ = self._head(request, length, closing)
+        chunked = not framed and not closing
         if chunked:
             head = head[:-2] + b'Transfer-Encoding: chunked\r\n\r\n'
         if request.method == 'HEAD' or length == 0:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from apiphant.test import serve
-from support import EXAMPLE, make_product, raw_exchange
+from support import EXAMPLE, log_has, make_product, raw_exchange, wait_for
 
 ECHO = '/api/v0/echo/read'
 
@@ -203,3 +203,26 @@ def test_raw_utf8_path_is_a_404_not_a_parse_error(example):
     assert reply.startswith(b'HTTP/1.1 404 ')
     assert raw_exchange(example.port, b'POST /api/v0/echo/read HTTP/1.1\r\nConnection: close\r\n'
                                       b'Content-Length: 2\r\n\r\n{}').startswith(b'HTTP/1.1 200 ')
+
+
+def test_a_stream_that_fails_halfway_is_cut_by_a_close_not_patched_with_a_500(tmp_path):
+    folder = make_product(tmp_path, 'broken_stream', {'api/v0/stream.py': '''
+        from apiphant.server import raw_environ, raw_response
+
+
+        def lines():
+            yield b'first\\n'
+            raise RuntimeError('halfway')
+
+
+        @raw_environ
+        @raw_response
+        def read(environ, start_response):
+            start_response('200 OK', [('Content-Type', 'text/plain')])
+            return lines()
+    '''})
+    with serve(folder) as server:
+        reply = raw_exchange(server.port, b'GET /api/v0/stream/read HTTP/1.1\r\nHost: t\r\n\r\n')
+        assert reply.startswith(b'HTTP/1.1 200 OK') and b'Transfer-Encoding: chunked' in reply
+        assert b'first' in reply and b'500' not in reply and not reply.endswith(b'0\r\n\r\n')
+        wait_for(lambda: log_has(server, 'RuntimeError: halfway'))
