@@ -137,7 +137,7 @@ class Connection:
         self.ready = []  # requests parsed whole, waiting for their answer
         self.output = []  # answers to this read, sent together
         self.refusal = None  # status code of a request refused while parsing, answered by the server
-        self.linger = False  # a body was refused unread: close gracefully after the answers
+        self.linger = False  # input is left unread (a refused body, pipelined requests): close gracefully
         self.continue_wanted = False
         self.began = False  # a request began in the read being parsed
         self.head_bytes = 0
@@ -307,6 +307,9 @@ class Connection:
             keep_alive = self._respond(request, index == last)
             self.requests_served += 1
             if not keep_alive:
+                # Pipelined input after this answer stays unread: close gracefully, or the reset
+                # that closing on unread input sends could destroy the answer.
+                self.linger = self.linger or index < last or self.request is not None
                 break
         if keep_alive:
             if self.refusal:
@@ -515,6 +518,7 @@ class Connection:
 
 _WSGI_NAMES = {}  # header name as sent -> its environ key; bounded, as clients choose the names
 _WSGI_NAMES_MAX = 4096
+_WSGI_NAME_CACHED = 64  # longest name kept
 _UNDERSCORE = '-'  # (not an environ key: a name with "_" is dropped)
 
 
@@ -526,7 +530,7 @@ def _wsgi_name(name):
         key = _UNDERSCORE
     elif key not in ('CONTENT_LENGTH', 'CONTENT_TYPE', 'TRANSFER_ENCODING'):
         key = 'HTTP_' + key
-    if len(_WSGI_NAMES) < _WSGI_NAMES_MAX:
+    if len(_WSGI_NAMES) < _WSGI_NAMES_MAX and len(name) <= _WSGI_NAME_CACHED:
         _WSGI_NAMES[name] = key
     return key
 

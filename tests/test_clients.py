@@ -226,3 +226,12 @@ def test_a_stream_that_fails_halfway_is_cut_by_a_close_not_patched_with_a_500(tm
         assert reply.startswith(b'HTTP/1.1 200 OK') and b'Transfer-Encoding: chunked' in reply
         assert b'first' in reply and b'500' not in reply and not reply.endswith(b'0\r\n\r\n')
         wait_for(lambda: log_has(server, 'RuntimeError: halfway'))
+
+
+def test_requests_after_a_close_are_not_answered(example):
+    """Connection: close in the middle of a long pipeline (more than one read): the answers up to it
+    arrive whole, nothing after it is answered, and the connection closes."""
+    ask = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n%s\r\n{"n": %d}'
+    pipeline = ask % (b'', 1) + ask % (b'Connection: close\r\n', 2) + (ask % (b'', 3)) * 3000
+    reply = raw_exchange(example.port, pipeline)
+    assert reply.count(b'HTTP/1.1 200 OK') == 2 and reply.endswith(b'{"n": 2, "server": "myproduct"}')
