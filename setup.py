@@ -24,11 +24,14 @@ setup(
     install_requires=['gevent>=23.9,<27', 'ujson>=5.8', 'httptools>=0.6,<0.10'],
     extras_require={
         'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20'],
+        # `--metrics`: GET /metrics in Prometheus's text format, summed over `--workers`
+        'metrics': ['prometheus_client>=0.17,<1'],
         'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20', 'openapi-spec-validator>=0.7',
                  'schemathesis>=4.0',
                  # real clients, and the same App under other WSGI servers (tests/test_clients.py,
                  # tests/test_wsgi_servers.py)
-                 'requests>=2.31', 'gunicorn>=23,<28', 'granian>=2.0,<3'],
+                 'requests>=2.31', 'gunicorn>=23,<28', 'granian>=2.0,<3',
+                 'prometheus_client>=0.17,<1'],
     },
     entry_points={
         'console_scripts': [

@@ -12,13 +12,15 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402  (after patch_all, on purpose)
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
-from apiphant import __version__, background, cors, openapi, reload, routes, scaffold, server, workers  # noqa: E402
+from apiphant import __version__, background, cors, health, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')
@@ -88,6 +90,13 @@ def serve_parser():
     parser.add_argument('--cors', metavar='ORIGIN', type=allowed_origin, action='append', default=[],
                         help='let pages from ORIGIN (https://host[:port], or * for any) call the API '
                              'from a browser; repeat for several')
+    parser.add_argument('--health-path', type=health_path, default=defaults.health_path,
+                        help='answer 200 {"status": "up"} there, 503 while draining or while the '
+                             "product's api/health.py check() fails (default %(default)s)")
+    parser.add_argument('--metrics', action='store_true',
+                        help='serve GET /metrics in Prometheus text format (needs apiphant[metrics])')
+    parser.add_argument('--log-format', choices=logs.FORMATS, default=defaults.log_format,
+                        help='text, or json: one JSON object a line (default %(default)s)')
     parser.add_argument('--reload', action='store_true',
                         help='restart when a .py file of the product changes (development only)')
     parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
@@ -96,6 +105,13 @@ def serve_parser():
 
 def add_product_argument(parser):
     parser.add_argument('product', help='path of the product package folder, or its import name')
+
+
+def health_path(text):
+    if not text.startswith('/') or text.startswith('/api/') or text == '/metrics' or not text.isprintable() \
+            or ' ' in text:
+        raise argparse.ArgumentTypeError(f'{text!r}: a path such as /up, outside /api/ and not /metrics')
+    return text
 
 
 def allowed_origin(text):
@@ -125,21 +141,35 @@ def main(argv=None):
             return 0
     parser = serve_parser()
     args = parser.parse_args(argv)
-    _setup_logging()
+    logs.setup(args.log_format)
     folder = _locate(parser, args.product)
     if args.reload:
         return reload.run(folder, [arg for arg in argv if arg != '--reload'])
     try:
         table = routes.discover(folder)
+        check = health.load_check(folder)
         host, port = args.address
         listener = server.listen(host, port)
     except routes.ProductError as error:
         return _fail(error)
     except OSError as error:
         return _fail(f'cannot listen on {host}:{port}: {error.strerror or error}')
+    metrics_workers = metrics_for = None
+    if args.metrics:
+        shared = _multiprocess_dir() if args.workers > 1 else None
+        metrics = _metrics_module()
+        if metrics is None:
+            if shared:
+                os.rmdir(shared)
+            return _fail('--metrics needs prometheus_client: pip install "apiphant[metrics]"')
+        if shared:
+            metrics_workers = metrics.Workers(shared)
+        metrics_for = functools.partial(metrics.Metrics, routes=[*table, args.health_path, metrics.PATH])
     options = server.Options(max_body=args.max_body, idle_timeout=args.idle_timeout,
                              request_timeout=args.request_timeout, drain_timeout=args.drain_timeout,
-                             access_log=args.access_log, workers=args.workers)
+                             access_log=args.access_log, workers=args.workers, log_format=args.log_format,
+                             health_path=args.health_path, health_check=check,
+                             metrics=metrics_for)
     _raise_fd_limit()
     app = App(table, max_body=options.max_body)
     if args.cors:
@@ -153,9 +183,14 @@ def main(argv=None):
                f'http://{shown_host}:{bound_port}/api/ (workers {options.workers}, max body {options.max_body}, '
                f'access log {"on" if options.access_log else "off"}'
                f'{", cors " + " ".join(args.cors) if args.cors else ""}'
+               f', health {args.health_path}{", metrics /metrics" if args.metrics else ""}'
                f'{", reload on: development only" if os.environ.get(reload.ENVIRONMENT) else ""})')
     if options.workers > 1:
-        return workers.run_workers(app, listener, options, started)
+        try:
+            return workers.run_workers(app, listener, options, started, metrics_workers)
+        finally:
+            if metrics_workers is not None:
+                metrics_workers.close()
     return server.serve(app, listener, options, started)
 
 
@@ -207,7 +242,7 @@ COMMANDS = {'new': new_main, 'routes': routes_main, 'openapi': openapi_main}
 def background_main(argv=None):
     parser = background_parser()
     args = parser.parse_args(argv)
-    _setup_logging()
+    logs.setup()
     folder = _locate(parser, args.product)
     try:
         module = background.load(folder)
@@ -228,9 +263,22 @@ def _fail(error):
     return 1
 
 
-def _setup_logging():
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format='%(asctime)s %(name)s %(levelname)s %(message)s')
+def _multiprocess_dir():
+    """The directory the workers share their metrics in (see apiphant.metrics); the master removes it."""
+    path = tempfile.mkdtemp(prefix='apiphant-metrics-')
+    os.environ['PROMETHEUS_MULTIPROC_DIR'] = path
+    return path
+
+
+def _metrics_module():
+    """apiphant.metrics, or None without prometheus_client (an extra). Imported here, not at the
+    top: prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when imported (see
+    apiphant.metrics), and a server without --metrics should not need it."""
+    try:
+        from apiphant import metrics
+    except ImportError:
+        return None
+    return metrics
 
 
 def _raise_fd_limit():

@@ -21,6 +21,10 @@ How it reads and why:
 - A refused request is answered, then closed gracefully: stop sending, read and drop for up to
   LINGER s. Closing a socket with unread input sends a reset, which can destroy the answer before
   the client reads it.
+- Every request answered by the app has an ID (apiphant.requestid): the client's X-Request-ID when
+  well-formed, else a new one; it is in the environ, in the answer's X-Request-ID header, in the
+  access-log line, and on every log record written while the app runs.
+- The server's own paths (the health check, the metrics) are answered before the product's app.
 - Deadlines are one float per connection, checked by the server's reaper: `request_timeout` from a
   request's first byte to its last body byte (slowloris) or from accept to a first byte,
   `idle_timeout` between requests.
@@ -38,6 +42,7 @@ import gevent
 import httptools
 from gevent import monkey
 
+from apiphant import requestid
 from apiphant.app import BODY_REFUSED, encode
 from apiphant.validation import ApiError
 
@@ -108,7 +113,7 @@ class _Refused(Exception):
 
 
 class _Request:
-    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done')
+    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done', 'id')
 
     def __init__(self, started):
         self.url = b''
@@ -120,6 +125,7 @@ class _Request:
         self.method = ''
         self.keep_alive = False
         self.head_done = False
+        self.id = requestid.NONE
 
 
 class Connection:
@@ -344,6 +350,22 @@ class Connection:
         self.written.append(data)
 
     def _respond(self, request, last):
+        """Answer one request under its ID (see the module docstring); False: close."""
+        server = self.server
+        environ = request.environ
+        request_id = environ.get(requestid.HEADER)
+        if request_id is None or not requestid.is_well_formed(request_id):
+            request_id = environ[requestid.HEADER] = server.request_ids()
+        request.id = request_id
+        token = requestid.current.set(request_id)
+        server.in_flight += 1
+        try:
+            return self._call(server.endpoints.get(environ['PATH_INFO'], server.app), request, last)
+        finally:
+            server.in_flight -= 1
+            requestid.current.reset(token)
+
+    def _call(self, app, request, last):
         """Call the app for one request; its answer joins `output` (or is streamed). False: close.
 
         A drain that began while the action ran closes after the last answer to this read."""
@@ -352,7 +374,7 @@ class Connection:
         self.head_sent = False
         self.written = []
         try:
-            result = self.server.app(environ, self.start_response)
+            result = app(environ, self.start_response)
         except Exception:
             log.exception('the application failed on %s', environ['PATH_INFO'])
             return self._fail(request)
@@ -404,6 +426,7 @@ class Connection:
         body_allowed = not status.startswith(_NO_BODY_STATUSES)
         if not has_date:
             text += f'Date: {Clock.tick().http_date}\r\n'
+        text += f'X-Request-ID: {request.id}\r\n'
         if body_allowed and not has_length and length is not None:
             text += f'Content-Length: {length}\r\n'
         if closing:
@@ -485,16 +508,24 @@ class Connection:
             pass
 
     def _log(self, request, length, code=None):
-        """The access log line: time, client, method, path, status, body bytes, duration."""
-        stream = self.server.access_log
+        """The access log line (time, client, method, path, status, body bytes, duration, request
+        ID) and the request's metrics."""
+        server = self.server
+        stream = server.access_log
+        metrics = server.metrics
+        if stream is None and metrics is None:
+            return
+        status = str(code) if code else self.status.split(' ', 1)[0]
+        duration = time.monotonic() - request.started
+        if metrics is not None:
+            metrics.observe(request.environ['PATH_INFO'] if request.environ else '', status, duration)
         if stream is None:
             return
         path = request.url.decode('latin-1') or '-'
         if not path.isprintable():
             path = ascii(path)
-        duration = (time.monotonic() - request.started) * 1000
-        stream.write(f'{Clock.tick().log_time} {self.address[0]} {request.method or "-"} {path} '
-                     f'{code or self.status.split(" ", 1)[0]} {length} {duration:.2f}ms\n')
+        stream.write(server.access_line(Clock.tick().log_time, self.address[0], request.method or '-', path,
+                                        status, length, duration * 1000, request.id))
 
     # -- for the server ----------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ gevent, wait without holding anyone else up. Besides that:
   stores instead of a timer;
 - accept failing for lack of file descriptors pauses accepting for ACCEPT_RETRY s (the kernel queues
   new connections meanwhile) and is logged at most once per FD_REPORT_PERIOD s, never fatal;
-- SIGTERM drains (see Server.drain); the signal handlers are in place before the start-up line is
+- SIGTERM drains (see Server.drain), and the health path (apiphant.health) answers 503 from then
+  on; the signal handlers are in place before the start-up line is
   logged, so a signal sent as soon as the server says it serves is a drain, not a death that resets
   every queued connection.
 """
@@ -19,12 +20,15 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import gevent
 from gevent.event import Event
 
 from apiphant.app import MAX_BODY
+from apiphant import health, logs
 from apiphant.connection import Connection, base_environ
+from apiphant.requestid import Generator
 from apiphant.routes import raw_environ, raw_response  # noqa: F401  (documented: `from apiphant.server import raw_environ`)
 
 log = logging.getLogger('apiphant')
@@ -45,6 +49,10 @@ class Options:
     drain_timeout: float = 10.0
     access_log: bool = True
     workers: int = 1
+    log_format: str = 'text'
+    health_path: str = health.DEFAULT_PATH
+    health_check: Callable | None = None  # the product's readiness check (apiphant.health)
+    metrics: Callable | None = None  # Server -> its metrics (apiphant.metrics.Metrics), with --metrics
 
 
 class Server:
@@ -53,21 +61,31 @@ class Server:
         self.app = app
         self.options = options
         self.access_log = sys.stderr if options.access_log else None
+        self.access_line = logs.ACCESS_LINES[options.log_format]
+        self.request_ids = Generator()  # (made in each worker: see Generator)
         self.environ = base_environ(listener, options.workers > 1)
         self.tcp = listener.family != socket.AF_UNIX
         self.connections = set()
         self.all_closed = Event()
         self.draining = False
+        self.in_flight = 0
         self.forced = False
         self.served = 0  # answers since the last fairness yield (apiphant.connection)
         self.fd_exhausted = 0
         self.fd_reported_at = -FD_REPORT_PERIOD
         self._acceptor = None
         self._reaper = None
+        # Paths the server answers itself, before the app: never a route of the product.
+        self.endpoints = {options.health_path: health.Health(self, options.health_check)}
+        self.metrics = options.metrics(self) if options.metrics else None
+        if self.metrics is not None:
+            self.endpoints[self.metrics.path] = self.metrics
 
     def start(self):
         self._acceptor = gevent.spawn(self._accept_forever)
         self._reaper = gevent.spawn(self._reap)
+        if self.metrics is not None:
+            self.metrics.start()
 
     def _accept_forever(self):
         accepted = 0
@@ -162,6 +180,8 @@ class Server:
         if left:
             log.warning('drain: %d connection(s) cut off', left)
         self._reaper.kill(block=False)
+        if self.metrics is not None:
+            self.metrics.stop()
         return left == 0
 
     def force_stop(self):

@@ -12,11 +12,12 @@ from apiphant.server import on_stop_signals, serve
 log = logging.getLogger('apiphant')
 
 
-def run_workers(app, listener, options, started_message=''):
+def run_workers(app, listener, options, started_message='', metrics_workers=None):
     """Fork `options.workers` processes on one listening socket and replace any that dies.
 
     The master binds before forking so all workers share one accept queue: a worker's death loses
     no queued connection. On SIGTERM/SIGINT the master forwards the signal and waits for them all.
+    `metrics_workers` (apiphant.metrics.Workers, with --metrics) hears of each start and death.
     """
     master_pid = os.getpid()
     workers = {}
@@ -33,6 +34,8 @@ def run_workers(app, listener, options, started_message=''):
             finally:
                 os._exit(code)
         workers[pid] = time.monotonic()
+        if metrics_workers is not None:
+            metrics_workers.started(pid)
         return pid
 
     def on_signal(signum):
@@ -54,6 +57,8 @@ def run_workers(app, listener, options, started_message=''):
         started = workers.pop(pid, None)
         if started is None:
             continue  # gevent's waitpid(-1) may report an already reaped child once more
+        if metrics_workers is not None:
+            metrics_workers.died(pid)
         if stopping:
             failures += bool(os.waitstatus_to_exitcode(status))
             continue

@@ -242,4 +242,5 @@ def test_access_log_line_per_request_without_body(example):
     lines = [line for line in example.log if ' POST /api/v0/echo/read 200 ' in line]
     assert lines
     assert all('secret-body-text' not in line for line in example.log)
-    assert lines[-1].rstrip().endswith('ms')
+    duration, request_id = lines[-1].split()[-2:]  # the line ends with the duration and the request ID
+    assert duration.endswith('ms') and len(request_id) > 16

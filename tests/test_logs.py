@@ -1,0 +1,64 @@
+"""`--log-format json`: every line a run writes, access and application, is one JSON object."""
+
+import json
+
+import requests
+
+from apiphant.test import serve
+from support import make_product, raw_exchange, run_cli
+
+PRODUCT = {'api/v0/loud.py': '''
+    import logging
+
+    log = logging.getLogger('loud')
+
+
+    def read(request):
+        log.warning('careful: %s', request.get('what', 'nothing'))
+        return {}
+
+
+    def update(request):
+        raise ValueError('no good\\nat all')
+'''}
+COMMON = {'time', 'level', 'logger', 'message', 'request_id'}
+ACCESS = COMMON | {'method', 'path', 'status', 'bytes', 'duration_ms', 'client'}
+
+
+def test_every_line_of_a_run_is_one_json_object(tmp_path):
+    product = make_product(tmp_path, 'loud', PRODUCT)
+    with serve(product, '--log-format', 'json', '--workers', '2') as server:
+        base = f'http://127.0.0.1:{server.port}'
+        assert requests.post(f'{base}/api/v0/loud/read', json={'what': 'line\nbreak'}, timeout=10,
+                             headers={'X-Request-ID': 'json-1'}).status_code == 200
+        assert requests.post(f'{base}/api/v0/loud/update', timeout=10,
+                             headers={'X-Request-ID': 'json-2'}).status_code == 500
+        assert requests.get(f'{base}/up', timeout=10).status_code == 200
+        assert raw_exchange(server.port, b'GET /\xff HTTP/1.1\r\nBad Header\r\n\r\n').startswith(b'HTTP/1.1 400')
+        server.process.terminate()
+        assert server.process.wait(30) == 0
+    records = [json.loads(line) for line in server.log]  # each line, parsed whole
+    assert len(records) == len(server.log) >= 8
+    for record in records:
+        assert COMMON <= set(record), record
+        if record['logger'] == 'apiphant.access':
+            assert set(record) == ACCESS, record
+    access = {record['request_id']: record for record in records if record['logger'] == 'apiphant.access'}
+    assert access['json-1']['method'] == 'POST' and access['json-1']['path'] == '/api/v0/loud/read'
+    assert access['json-1']['status'] == 200 and access['json-1']['bytes'] == 2
+    assert access['json-1']['client'] == '127.0.0.1' and access['json-1']['duration_ms'] >= 0
+    assert access['json-2']['status'] == 500
+    warning = next(record for record in records if record['logger'] == 'loud')
+    assert warning['level'] == 'WARNING' and warning['message'] == 'careful: line\nbreak'
+    assert warning['request_id'] == 'json-1'
+    failure = next(record for record in records if record['level'] == 'ERROR')
+    assert failure['request_id'] == 'json-2' and failure['message'] == '500 on /api/v0/loud/update'
+    assert failure['exc'].startswith('Traceback') and 'ValueError: no good\nat all' in failure['exc']
+    assert any(record['logger'] == 'apiphant.access' and record['status'] == 400 for record in records)
+    assert any('stopped' in record['message'] and record['request_id'] == '-' for record in records)
+
+
+def test_an_unknown_log_format_is_refused(tmp_path):
+    product = make_product(tmp_path, 'loud', PRODUCT)
+    result = run_cli(str(product), '--log-format', 'xml')
+    assert result.returncode == 2 and "invalid choice: 'xml'" in result.stderr

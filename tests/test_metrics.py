@@ -1,0 +1,159 @@
+"""`--metrics`: Prometheus's text format (promtool accepts it), a real Prometheus server scrapes it,
+and under `--workers` every scrape sees the totals of all workers."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from apiphant.test import serve
+from support import KITCHEN, log_has, post, wait_for
+
+READ = '/api/v0/process/read'
+
+
+def send(server, path=READ, body=None, count=1):
+    """`count` requests, each on a new connection (so workers share them); the pids that answered."""
+    pids = set()
+    for _ in range(count):
+        reply = requests.post(f'http://127.0.0.1:{server.port}{path}', json=body or {}, timeout=10)
+        if path == READ:
+            pids.add(reply.json()['pid'])
+    return pids
+
+
+def scrape(server):
+    reply = requests.get(f'http://127.0.0.1:{server.port}/metrics', timeout=10)
+    assert reply.status_code == 200 and reply.headers['Content-Type'].startswith('text/plain; version=')
+    return reply.text
+
+
+def samples(text):
+    """{(name, frozenset(labels)): value} of a scrape."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def requests_of(text, route=READ):
+    return sum(value for (name, labels), value in samples(text).items()
+               if name == 'apiphant_requests_total' and ('route', route) in labels)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_promtool_accepts_the_output_and_it_counts_by_route_and_status():
+    with serve(KITCHEN, '--metrics', '--no-access-log') as server:
+        send(server, count=3)
+        send(server, '/api/v0/things/delete', {'mode': 'crash'})
+        send(server, '/no/such/path/1')
+        send(server, '/no/such/path/2')
+        text = scrape(server)
+        checked = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True,
+                                 timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        found = samples(text)
+        assert found['apiphant_requests_total', frozenset({('route', READ), ('status', '200')})] == 3
+        assert found['apiphant_requests_total',
+                     frozenset({('route', '/api/v0/things/delete'), ('status', '500')})] == 1
+        assert found['apiphant_requests_total', frozenset({('route', 'other'), ('status', '404')})] == 2
+        assert found['apiphant_request_duration_seconds_count', frozenset({('route', READ)})] == 3
+        assert found['apiphant_requests_in_flight', frozenset()] == 1  # the scrape itself
+        assert found['apiphant_open_connections', frozenset()] >= 1
+        assert found['apiphant_draining', frozenset()] == 0
+        assert 0 < found['process_open_fds', frozenset()] < found['process_max_fds', frozenset()]
+        assert found['process_resident_memory_bytes', frozenset()] > 0
+        assert ('process_cpu_seconds_total', frozenset()) in found
+
+
+def test_without_metrics_there_is_no_metrics_path():
+    with serve(KITCHEN, '--no-access-log') as server:
+        assert requests.get(f'http://127.0.0.1:{server.port}/metrics', timeout=10).status_code == 404
+
+
+def test_the_drain_shows_in_the_metrics():
+    """A scrape pipelined behind a slow request is answered once the drain has begun."""
+    with serve(KITCHEN, '--metrics', '--drain-timeout', '20') as server:
+        with socket.create_connection(('127.0.0.1', server.port), timeout=30) as sock:
+            slow = post('/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'scraped'}).encode())
+            sock.sendall(slow.replace(b'Connection: close\r\n', b'') + b'GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n')
+            wait_for(lambda: log_has(server, 'in flight: scraped'))
+            server.process.send_signal(signal.SIGTERM)
+            replies = b''
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                replies += chunk
+        assert replies.count(b'HTTP/1.1 200 OK') == 2
+        text = replies.split(b'\r\n\r\n')[-1].decode()  # the scrape's body, after the slow answer
+        assert samples(text)['apiphant_draining', frozenset()] == 1
+        assert server.process.wait(30) == 0
+
+
+def test_under_workers_every_scrape_sees_the_total_of_all_workers(tmp_path):
+    env = {**os.environ, 'TMPDIR': str(tmp_path)}
+    with serve(KITCHEN, '--metrics', '--workers', '2', '--no-access-log', env=env) as server:
+        sent, pids = 0, set()
+        while len(pids) < 2 and sent < 400:  # until both workers have answered some
+            pids |= send(server, count=10)
+            sent += 10
+        assert len(pids) == 2
+        for _ in range(6):  # whichever worker answers the scrape
+            assert requests_of(scrape(server)) == sent
+        found = samples(scrape(server))
+        assert found['process_open_fds', frozenset()] < found['process_max_fds', frozenset()]
+        assert list(tmp_path.glob('apiphant-metrics-*'))
+        server.process.terminate()
+        assert server.process.wait(30) == 0
+    assert not list(tmp_path.glob('apiphant-metrics-*'))  # the master removed the workers' files
+
+
+def test_a_real_prometheus_scrapes_the_request_counter():
+    with tempfile.TemporaryDirectory() as folder, serve(KITCHEN, '--metrics', '--no-access-log') as server:
+        folder = Path(folder)
+        (folder / 'prometheus.yml').write_text(
+            'global: {scrape_interval: 1s, scrape_timeout: 1s}\n'
+            'scrape_configs:\n'
+            f"  - {{job_name: apiphant, static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]}}\n")
+        port = free_port()
+        prometheus = subprocess.Popen(
+            ['prometheus', f'--config.file={folder / "prometheus.yml"}', f'--storage.tsdb.path={folder / "data"}',
+             f'--web.listen-address=127.0.0.1:{port}'],
+            stdout=subprocess.DEVNULL, stderr=(folder / 'prometheus.log').open('w'))
+        api = f'http://127.0.0.1:{port}'
+        try:
+            wait_for(lambda: _get(f'{api}/-/ready') == 200, timeout=60, interval=0.2)
+            send(server, count=25)
+
+            def counted():
+                reply = requests.get(f'{api}/api/v1/query', timeout=10, params={
+                    'query': f'sum(apiphant_requests_total{{job="apiphant",route="{READ}"}})'})
+                result = reply.json()['data']['result']
+                return result and float(result[0]['value'][1]) == 25
+
+            wait_for(counted, timeout=60, interval=0.5)
+        finally:
+            prometheus.terminate()
+            try:
+                prometheus.wait(30)
+            except subprocess.TimeoutExpired:
+                prometheus.kill()
+                prometheus.wait()
+
+
+def _get(url):
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.ConnectionError:
+        return None
