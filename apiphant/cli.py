@@ -18,7 +18,6 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 from apiphant import __version__, background, cors, health, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
 from apiphant.app import App  # noqa: E402
@@ -156,15 +155,14 @@ def main(argv=None):
         return _fail(f'cannot listen on {host}:{port}: {error.strerror or error}')
     metrics_workers = metrics_for = None
     if args.metrics:
-        shared = _multiprocess_dir() if args.workers > 1 else None
-        metrics = _metrics_module()
-        if metrics is None:
-            if shared:
-                os.rmdir(shared)
+        try:
+            from apiphant import metrics  # (an extra: a server without --metrics does not need it)
+        except ImportError:
             return _fail('--metrics needs prometheus_client: pip install "apiphant[metrics]"')
-        if shared:
-            metrics_workers = metrics.Workers(shared)
-        metrics_for = functools.partial(metrics.Metrics, routes=[*table, args.health_path, metrics.PATH])
+        if args.workers > 1:
+            metrics_workers = metrics.Workers()
+        metrics_for = functools.partial(metrics.Metrics, routes=[*table, args.health_path, metrics.PATH],
+                                        workers=metrics_workers)
     options = server.Options(max_body=args.max_body, idle_timeout=args.idle_timeout,
                              request_timeout=args.request_timeout, drain_timeout=args.drain_timeout,
                              access_log=args.access_log, workers=args.workers, log_format=args.log_format,
@@ -261,24 +259,6 @@ def _locate(parser, product):
 def _fail(error):
     log.error('%s', error)
     return 1
-
-
-def _multiprocess_dir():
-    """The directory the workers share their metrics in (see apiphant.metrics); the master removes it."""
-    path = tempfile.mkdtemp(prefix='apiphant-metrics-')
-    os.environ['PROMETHEUS_MULTIPROC_DIR'] = path
-    return path
-
-
-def _metrics_module():
-    """apiphant.metrics, or None without prometheus_client (an extra). Imported here, not at the
-    top: prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when imported (see
-    apiphant.metrics), and a server without --metrics should not need it."""
-    try:
-        from apiphant import metrics
-    except ImportError:
-        return None
-    return metrics
 
 
 def _raise_fd_limit():

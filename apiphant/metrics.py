@@ -9,144 +9,194 @@ What it exposes:
 - apiphant_requests_in_flight, apiphant_open_connections, apiphant_draining (1 from the moment a
   drain starts);
 - process_*: CPU seconds, resident and virtual memory, open file descriptors against their limit
-  (process_max_fds), start time.
+  (process_max_fds), start time; and, with one worker, whatever the product registers in
+  prometheus_client's default registry.
 
-Under `--workers N` every scrape sees all the workers: the master makes a directory for
-prometheus_client's multiprocess mode and points PROMETHEUS_MULTIPROC_DIR at it before importing
-this module (prometheus_client reads it once, when imported), then removes it at exit (Workers). Counters
-and histograms are then summed over every worker that has lived; the gauges over the live ones
-(draining: 1 when any drains); the process_* figures are read from /proc for each live worker:
-CPU and memory summed, open descriptors the most any worker has open (the one nearest its limit).
+A request is counted in plain Python (a dict, a list, a bisect: about a microsecond); the
+prometheus_client families are built from those counts only when scraped. Its own Counter and
+Histogram take a lock per update, which gevent's patched locks make cost several microseconds a
+request (see benchmarks/RESULTS.md, "Metrics").
 
-The cost per request is one counter and one histogram observation on children looked up once; the
-gauges are set once a SAMPLE_PERIOD (and at each scrape), not per request.
+Under `--workers N` every scrape sees all the workers: the master makes a directory they share
+(Workers); each worker writes its counts there once a SAMPLE_PERIOD and when it stops, and the
+worker that answers a scrape adds up every file with its own live counts. Counts of a worker that
+has died stay in the totals (a counter never goes back); its gauges are zeroed by the master. So
+another worker's figures are at most SAMPLE_PERIOD old, and a worker killed outright (SIGKILL)
+loses its last SAMPLE_PERIOD of counts. The process_* figures are read from /proc for each live
+worker: CPU and memory summed, open descriptors the most any worker has open (the one nearest its
+limit), the limit the lowest.
 """
 
+import json
 import os
 import shutil
+import tempfile
+from bisect import bisect_left
+from pathlib import Path
 
 import gevent
-from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Metric, ProcessCollector,
-    generate_latest, multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Metric, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 PATH = '/metrics'
 OTHER = 'other'
 SAMPLE_PERIOD = 1.0
-_ENVIRONMENT = 'PROMETHEUS_MULTIPROC_DIR'
-_PIDS = 'worker-pids'  # the live workers, one pid a line, kept by the master (not a *.db file)
+BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LE = [*map(str, BOUNDS), '+Inf']
+_GAUGES = {'in_flight': ('apiphant_requests_in_flight', 'Requests being answered.'),
+           'connections': ('apiphant_open_connections', 'Client connections open.'),
+           'draining': ('apiphant_draining', '1 from the moment a drain (SIGTERM) starts; under workers, '
+                                             'how many drain.')}
+_PIDS = 'worker-pids'  # the live workers, one pid a line, kept by the master
 # How the workers' process_* samples add up (see the module docstring); anything else: summed.
 _MERGE = {'process_open_fds': max, 'process_max_fds': min, 'process_start_time_seconds': min}
 
 
 class Workers:
-    """The master's side of multiprocess mode: which workers live, and the cleaning up."""
+    """The master's side under --workers: the shared directory, which workers live, the cleaning up."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix='apiphant-metrics-'))
         self.pids = set()
 
     def started(self, pid):
         self.pids.add(pid)
-        self._write()
+        self._write_pids()
 
     def died(self, pid):
-        """A dead worker's counts stay in the totals; its gauges leave them."""
+        """Its counts stay in the totals; its gauges leave them."""
         self.pids.discard(pid)
-        multiprocess.mark_process_dead(pid, self.path)
-        self._write()
+        self._write_pids()
+        for file in self.path.glob(f'{pid}-*.json'):
+            counts = json.loads(file.read_text())
+            counts['gauges'] = dict.fromkeys(counts['gauges'], 0)
+            _write(file, counts)
 
-    def _write(self):
-        temporary = os.path.join(self.path, _PIDS + '.new')
-        with open(temporary, 'w') as file:
-            file.write(''.join(f'{pid}\n' for pid in sorted(self.pids)))
-        os.replace(temporary, os.path.join(self.path, _PIDS))
+    def _write_pids(self):
+        _write(self.path / _PIDS, sorted(self.pids))
 
     def close(self):
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _write(file, value):
+    """Whole or not at all: a reader never sees half a file."""
+    temporary = file.with_name(file.name + '.new')
+    temporary.write_text(json.dumps(value))
+    os.replace(temporary, file)
+
+
 class Metrics:
-    """One server's metrics, and the WSGI app of the metrics path."""
+    """One server's metrics (a prometheus_client collector), and the WSGI app of the metrics path."""
 
     path = PATH
 
-    def __init__(self, server, routes):
+    def __init__(self, server, routes, workers=None):
         self.server = server
         self.routes = frozenset(routes)
-        self.shared = os.environ.get(_ENVIRONMENT)  # multiprocess mode's directory, or None
-        registry = None if self.shared else REGISTRY  # (multiprocess mode reads the files instead)
-        self.requests = Counter('apiphant_requests', 'Answers, by route and status.', ['route', 'status'],
-                                registry=registry)
-        self.duration = Histogram('apiphant_request_duration_seconds',
-                                  'Time from the first byte of a request to its answer, by route.',
-                                  ['route'], registry=registry)
-        self.in_flight = Gauge('apiphant_requests_in_flight', 'Requests being answered.',
-                               registry=registry, multiprocess_mode='livesum')
-        self.connections = Gauge('apiphant_open_connections', 'Client connections open.',
-                                 registry=registry, multiprocess_mode='livesum')
-        self.draining = Gauge('apiphant_draining', '1 from the moment a drain (SIGTERM) starts.',
-                              registry=registry, multiprocess_mode='livemax')
-        self.counted = {}  # (route, status) -> its counter child
-        self.timed = {}  # route -> its histogram child
+        self.shared = workers.path if workers is not None else None
+        self.counts = {}  # (route, status) -> answers
+        self.buckets = {}  # route -> answers per duration bucket (not cumulative), +Inf last
+        self.sums = {}  # route -> seconds
+        self.file = None  # this worker's file in the shared directory
         self._sampler = None
+        if self.shared is None:
+            REGISTRY.register(self)  # beside the process collector and the product's own metrics
+        else:
+            self.registry = CollectorRegistry()
+            self.registry.register(self)
+            self.registry.register(WorkersProcessCollector(self.shared))
 
     def start(self):
-        self.sample()
-        self._sampler = gevent.spawn(self._sample_forever)
+        """In the serving process (after the fork): name this worker's file, write it regularly."""
+        if self.shared is not None:
+            self.file = self.shared / f'{os.getpid()}-{os.urandom(4).hex()}.json'
+            self._sampler = gevent.spawn(self._write_forever)
 
     def stop(self):
         if self._sampler is not None:
             self._sampler.kill(block=False)
-        self.sample()
+            _write(self.file, self.snapshot())
 
     def observe(self, path, status, seconds):
         route = path if path in self.routes else OTHER
-        counter = self.counted.get((route, status))
-        if counter is None:
-            counter = self.counted[route, status] = self.requests.labels(route, status)
-        counter.inc()
-        histogram = self.timed.get(route)
-        if histogram is None:
-            histogram = self.timed[route] = self.duration.labels(route)
-        histogram.observe(seconds)
+        key = (route, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        buckets = self.buckets.get(route)
+        if buckets is None:
+            buckets = self.buckets[route] = [0] * len(_LE)
+            self.sums[route] = 0.0
+        buckets[bisect_left(BOUNDS, seconds)] += 1  # (the first bound >= seconds: Prometheus's `le`)
+        self.sums[route] += seconds
 
-    def sample(self):
+    def snapshot(self):
         server = self.server
-        self.in_flight.set(server.in_flight)
-        self.connections.set(len(server.connections))
-        self.draining.set(int(server.draining))
+        return {'counts': [[route, status, count] for (route, status), count in self.counts.items()],
+                'buckets': self.buckets, 'sums': self.sums,
+                'gauges': {'in_flight': server.in_flight, 'connections': len(server.connections),
+                           'draining': int(server.draining)}}
 
-    def _sample_forever(self):
+    def _write_forever(self):
         while True:
+            _write(self.file, self.snapshot())
             gevent.sleep(SAMPLE_PERIOD)
-            self.sample()
+
+    def collect(self):
+        """prometheus_client's collector protocol: the families, summed over the workers' files."""
+        snapshots = [self.snapshot()]
+        if self.shared is not None:
+            for file in self.shared.glob('*.json'):
+                if file != self.file:
+                    try:
+                        snapshots.append(json.loads(file.read_text()))
+                    except (OSError, ValueError):
+                        continue  # (its worker has just started: nothing counted yet)
+        counts, buckets, sums, gauges = {}, {}, {}, dict.fromkeys(_GAUGES, 0)
+        for snapshot in snapshots:
+            for route, status, count in snapshot['counts']:
+                counts[route, status] = counts.get((route, status), 0) + count
+            for route, per_bucket in snapshot['buckets'].items():
+                total = buckets.setdefault(route, [0] * len(_LE))
+                for index, count in enumerate(per_bucket):
+                    total[index] += count
+                sums[route] = sums.get(route, 0.0) + snapshot['sums'][route]
+            for name, value in snapshot['gauges'].items():
+                gauges[name] += value
+        requests = CounterMetricFamily('apiphant_requests', 'Answers, by route and status.',
+                                       labels=['route', 'status'])
+        for (route, status), count in sorted(counts.items()):
+            requests.add_metric([route, status], count)
+        yield requests
+        duration = HistogramMetricFamily('apiphant_request_duration_seconds',
+                                         'Time from the first byte of a request to its answer, by route.',
+                                         labels=['route'])
+        for route, per_bucket in sorted(buckets.items()):
+            cumulative, running = [], 0
+            for le, count in zip(_LE, per_bucket):
+                running += count
+                cumulative.append((le, running))
+            duration.add_metric([route], cumulative, sums[route])
+        yield duration
+        for key, (name, documentation) in _GAUGES.items():
+            yield GaugeMetricFamily(name, documentation, value=gauges[key])
 
     def __call__(self, environ, start_response):
-        self.sample()
-        if self.shared:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.shared)
-            registry.register(WorkersProcessCollector(self.shared))
-        else:
-            registry = REGISTRY
-        data = generate_latest(registry)
+        data = generate_latest(REGISTRY if self.shared is None else self.registry)
         start_response('200 OK', [('Content-Type', CONTENT_TYPE_LATEST), ('Content-Length', str(len(data)))])
         return [data]
 
 
 class WorkersProcessCollector:
-    """process_* over every live worker (multiprocess mode cannot merge per-process collectors)."""
+    """process_* over every live worker (each worker's ProcessCollector sees itself only)."""
 
     def __init__(self, path):
         self.path = path
 
     def collect(self):
         try:
-            with open(os.path.join(self.path, _PIDS)) as file:
-                pids = [int(line) for line in file if line.strip()]
-        except OSError:
+            pids = json.loads((self.path / _PIDS).read_text())
+        except (OSError, ValueError):
             pids = []
         merged = {}
         for pid in pids:

@@ -46,6 +46,12 @@ def requests_of(text, route=READ):
                if name == 'apiphant_requests_total' and ('route', route) in labels)
 
 
+def assert_promtool_accepts(text):
+    checked = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -59,9 +65,7 @@ def test_promtool_accepts_the_output_and_it_counts_by_route_and_status():
         send(server, '/no/such/path/1')
         send(server, '/no/such/path/2')
         text = scrape(server)
-        checked = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True,
-                                 timeout=60)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert_promtool_accepts(text)
         found = samples(text)
         assert found['apiphant_requests_total', frozenset({('route', READ), ('status', '200')})] == 3
         assert found['apiphant_requests_total',
@@ -109,9 +113,15 @@ def test_under_workers_every_scrape_sees_the_total_of_all_workers(tmp_path):
             pids |= send(server, count=10)
             sent += 10
         assert len(pids) == 2
+        # Each worker writes its counts once a second: the total is whole within about that.
+        wait_for(lambda: requests_of(scrape(server)) == sent, timeout=10, interval=0.2)
         for _ in range(6):  # whichever worker answers the scrape
             assert requests_of(scrape(server)) == sent
-        found = samples(scrape(server))
+        text = scrape(server)
+        assert_promtool_accepts(text)
+        found = samples(text)
+        assert found['apiphant_request_duration_seconds_count', frozenset({('route', READ)})] == sent
+        assert found['apiphant_open_connections', frozenset()] >= 1
         assert found['process_open_fds', frozenset()] < found['process_max_fds', frozenset()]
         assert list(tmp_path.glob('apiphant-metrics-*'))
         server.process.terminate()
