@@ -59,6 +59,13 @@ def workers():
             Contender('apiphant, 2 workers', [*apiphant, '2'], pinned=False)]
 
 
+def metrics():
+    """apiphant with `--metrics` and without (one worker, pinned): what counting every request costs."""
+    apiphant = [sys.executable, '-m', 'apiphant', str(ROOT / 'example' / 'myproduct'), '127.0.0.1:{port}',
+                '--no-access-log']
+    return [Contender('apiphant', apiphant), Contender('apiphant, metrics', [*apiphant, '--metrics'])]
+
+
 def pinned(command, cpu):
     """Pin to one CPU where there are two or more, so server and wrk each have their own."""
     if os.cpu_count() >= 2 and shutil.which('taskset'):

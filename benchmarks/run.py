@@ -10,6 +10,8 @@
                                                  and to the httptools core, under wrk's load and
                                                  then idle (one request each)
     python benchmarks/run.py --workers           apiphant --workers 2 against 1, at 256 connections
+    python benchmarks/run.py --metrics           apiphant --metrics against without, at 64 and 256
+                                                 connections (its target: at most 5% fewer req/s)
 
 Each server is pinned to CPU 0 and wrk to CPU 1 (where there are two CPUs), so they do not fight for
 one. Only ratios measured in the same run mean anything: the machines are shared and noisy.
@@ -142,6 +144,8 @@ def parse_arguments():
                         help='concurrency mode: hold N keep-alive connections (the fd limit allows ~19990)')
     parser.add_argument('--workers', action='store_true',
                         help='workers mode: apiphant --workers 2 against one worker, nothing pinned')
+    parser.add_argument('--metrics', action='store_true',
+                        help='metrics mode: apiphant --metrics against apiphant without')
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 2
@@ -167,6 +171,12 @@ def main():
         title = 'Workers'
         text = (f'nothing pinned; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
                 + report.throughput(servers, WORKERS_CONNECTIONS, 'apiphant, 2 workers', 'apiphant, 1 worker'))
+    elif args.metrics:
+        servers = contenders.metrics()
+        compare(servers, args, CONNECTION_COUNTS)
+        title = 'Metrics'
+        text = (f'{PINNED}; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
+                + report.throughput(servers, CONNECTION_COUNTS, 'apiphant, metrics', 'apiphant'))
     else:
         servers = contenders.everyone()
         compare(servers, args, CONNECTION_COUNTS)

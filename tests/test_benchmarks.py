@@ -44,3 +44,12 @@ def test_workers_mode_compares_two_workers_with_one():
     assert set(rates) == {'| apiphant, 1 worker', '| apiphant, 2 workers'}
     assert all(rate > 0 for rate in rates.values()), rates
     assert any(row[0] == '| apiphant, 2 workers / apiphant, 1 worker' for row in rows)
+
+
+def test_metrics_mode_compares_apiphant_with_metrics_and_without():
+    rows = benchmark('--metrics', '--quick')
+    rates = {(row[0], row[1]): float(row[2].replace(',', '')) for row in rows if row[1] in ('64', '256')}
+    assert set(rates) == {(name, connections) for name in ('| apiphant', '| apiphant, metrics')
+                          for connections in ('64', '256')}
+    assert all(rate > 0 for rate in rates.values()), rates
+    assert any(row[0] == '| apiphant, metrics / apiphant' for row in rows)
