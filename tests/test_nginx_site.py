@@ -1,0 +1,121 @@
+"""The deploy's nginx site, rendered by Ansible and run by a real nginx on loopback in front of real
+apiphant processes: request IDs passed and logged, /up for a load balancer, /metrics not public."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from apiphant.test import serve
+from support import ROOT, make_product, wait_for
+
+TEMPLATE = ROOT / 'playbooks' / 'roles' / 'nginx' / 'templates' / 'site.conf.j2'
+ANSIBLE = Path(sys.executable).with_name('ansible')
+NGINX = shutil.which('nginx') or '/usr/sbin/nginx'
+
+pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason='nginx is not installed (tests/run installs it)')
+
+CHECKED = {'api/health.py': '''
+    from pathlib import Path
+
+
+    def check():
+        if (Path(__file__).parent / 'down').exists():
+            raise RuntimeError('secret database address 10.1.2.3')
+''', 'api/v0/echo.py': '''
+    import apiphant
+
+
+    def read(request):
+        return {'request_id': apiphant.request_id()}
+'''}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def render(folder, api_ports, nginx_port):
+    """The role's template, rendered by Ansible with the role's defaults and these ports."""
+    variables = {'product_name': 'shop', 'product_home': str(folder), 'api_ports': api_ports,
+                 'product_behind_lb': False, 'api_host': '127.0.0.1', 'server_name': '_', 'api_max_body': '1m',
+                 'nginx_port': nginx_port, 'nginx_upstream_keepalive': 4, 'nginx_upstream_keepalive_timeout': '1s',
+                 'nginx_proxy_read_timeout': '10s'}
+    site = folder / 'site.conf'
+    subprocess.run([str(ANSIBLE), 'localhost', '-c', 'local', '-m', 'ansible.builtin.template',
+                    '-a', f'src={TEMPLATE} dest={site}', '-e', json.dumps(variables)],
+                   check=True, capture_output=True, timeout=120, cwd=folder)
+    text = site.read_text().replace(f'listen [::]:{nginx_port} default_server;', '')  # loopback only
+    site.write_text(text.replace(f'listen {nginx_port} default_server;', f'listen 127.0.0.1:{nginx_port};'))
+    (folder / 'nginx.conf').write_text(
+        f'daemon off;\nmaster_process off;\npid {folder}/nginx.pid;\nerror_log {folder}/log/nginx-main.log;\n'
+        f'events {{ worker_connections 64; }}\n'
+        f'http {{\n  client_body_temp_path {folder}/tmp; proxy_temp_path {folder}/tmp;\n'
+        f'  fastcgi_temp_path {folder}/tmp; uwsgi_temp_path {folder}/tmp; scgi_temp_path {folder}/tmp;\n'
+        f'  access_log off;\n  include {site};\n}}\n')
+    return folder / 'nginx.conf'
+
+
+@pytest.fixture
+def site(tmp_path):
+    """nginx on a free loopback port in front of two apiphant ports (one of them never started)."""
+    for name in ('log', 'tmp'):
+        (tmp_path / name).mkdir()
+    product = make_product(tmp_path, 'shop', CHECKED)
+    with serve(product, '--no-access-log') as api:
+        nginx_port = free_port()
+        config = render(tmp_path, [free_port(), api.port], nginx_port)
+        checked = subprocess.run([NGINX, '-t', '-c', str(config), '-p', str(tmp_path)], capture_output=True,
+                                 text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+        nginx = subprocess.Popen([NGINX, '-c', str(config), '-p', str(tmp_path)], stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: _connects(nginx_port), timeout=30)
+            yield f'http://127.0.0.1:{nginx_port}', tmp_path, product
+        finally:
+            nginx.terminate()
+            nginx.wait(30)
+
+
+def _connects(port):
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_request_ids_pass_through_nginx_and_are_logged(site):
+    url, folder, _ = site
+    reply = requests.post(f'{url}/api/v0/echo/read', json={}, headers={'X-Request-ID': 'client-7.a'}, timeout=10)
+    assert reply.json() == {'request_id': 'client-7.a'} and reply.headers['X-Request-ID'] == 'client-7.a'
+    for bad in ('bad id', 'x' * 129):
+        reply = requests.post(f'{url}/api/v0/echo/read', json={}, headers={'X-Request-ID': bad}, timeout=10)
+        made = reply.json()['request_id']
+        assert re.fullmatch('[0-9a-f]{32}', made) and reply.headers['X-Request-ID'] == made  # nginx's $request_id
+    wait_for(lambda: re.search(r'"POST /api/v0/echo/read HTTP/1.1" 200 .* client-7\.a$',
+                               (folder / 'log' / 'nginx-access.log').read_text(), re.M))
+    missing = requests.post(f'{url}/nowhere', timeout=10, headers={'X-Request-ID': 'lost-2'})
+    assert missing.status_code == 404 and missing.headers['X-Request-ID'] == 'lost-2'
+
+
+def test_up_answers_for_the_balancer_without_details_and_metrics_stay_private(site):
+    url, _, product = site
+    reply = requests.get(f'{url}/up', timeout=10)  # one port refuses: the other answers
+    assert reply.status_code == 200 and reply.json() == {'status': 'up'}
+    (product / 'api' / 'down').touch()
+    deadline = time.monotonic() + 10
+    while (reply := requests.get(f'{url}/up', timeout=10)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert reply.status_code == 503 and reply.json() == {'status': 'down'}  # never the check's error
+    assert requests.get(f'{url}/metrics', timeout=10).status_code == 404
+    assert requests.post(f'{url}/up', timeout=10).status_code == 403
