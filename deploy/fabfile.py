@@ -8,7 +8,8 @@ host by host and add what Ansible is clumsy at: status, logs, fast failure, one 
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
     fab status HOST          releases (current marked), supervisor programs, last log lines
-    fab logs HOST            the API, background and nginx logs (--follow to keep reading)
+    fab logs HOST            the API, background and nginx logs (--follow to keep reading);
+                             --request ID: every line of that request, in every port's log
 
 The hosts and the product come from the Ansible inventory named by `inventory` in fabric.yaml (or
 the environment variable FABRIC_INVENTORY), so nothing here knows the product.
@@ -27,6 +28,7 @@ from invoke.exceptions import Exit
 HERE = Path(__file__).resolve().parent
 PLAYBOOKS = HERE.parent / 'playbooks'
 CONNECT_TIMEOUT = 10
+REQUEST_ID = re.compile(r'[A-Za-z0-9._-]{1,128}')  # what nginx and apiphant pass on as an X-Request-ID
 
 
 def ansible_tool(name):
@@ -186,10 +188,18 @@ def status(c, host=None):
 
 
 @host_task
-def logs(c, host=None, lines=50, follow=False):
-    """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends)."""
+def logs(c, host=None, lines=50, follow=False, request=None):
+    """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends); --request ID
+    shows every line of that request (nginx's and every API port's, rotated logs included)."""
+    if request is not None and not REQUEST_ID.fullmatch(request):
+        raise Exit(f'--request {request!r}: a request ID is 1 to 128 of A-Z a-z 0-9 . _ -')
     for target in targets(c, host):
         reach(target)
-        command = f'tail -n {int(lines)} {"-F " if follow else ""}{quote(target.home)}/log/*.log'
+        if request:
+            command = f'zgrep -F -- {quote(request)} {quote(target.home)}/log/*.log*'
+        else:
+            command = f'tail -n {int(lines)} {"-F " if follow else ""}{quote(target.home)}/log/*.log'
         step(target.name, command)
-        target.connection.run(command, warn=True, in_stream=False)
+        result = target.connection.run(command, warn=True, in_stream=False)
+        if request and result.return_code == 1:
+            step(target.name, f'no log line has request ID {request}')
