@@ -85,7 +85,7 @@ def test_product_parent_is_importable_and_monkey_patched_first(tmp_path):
 def test_start_up_line_says_what_is_served_where():
     with serve(KITCHEN, '--workers', '1') as server:
         line = next(line for line in server.log if 'serving' in line)
-    assert re.search(rf'apiphant {re.escape(__version__)} serving kitchen \(11 routes\) on '
+    assert re.search(rf'apiphant {re.escape(__version__)} serving kitchen \(16 routes\) on '
                      rf'http://127\.0\.0\.1:\d+/api/', line)
 
 
