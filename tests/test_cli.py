@@ -22,7 +22,7 @@ from support import EXAMPLE, KITCHEN, make_product, run_cli
     ([str(EXAMPLE), '--drain-timeout', 'soon'], 'is not a positive number'),
     ([str(EXAMPLE), '--bogus'], 'unrecognized arguments'),
     (['/no/such/product'], 'neither a folder nor an importable package'),
-    ([str(EXAMPLE.parent)], 'has no api/ folder'),
+    ([str(EXAMPLE.parent)], f'has no api/ folder: did you mean {EXAMPLE.resolve()}?'),
 ])
 def test_bad_arguments_are_one_usage_line_and_exit_2(args, message):
     result = run_cli(*args)

@@ -1,11 +1,13 @@
 """`apiphant new`: a product whose own tests pass at once, its name filled in everywhere."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from apiphant.test import serve, test
 from support import ROOT
 
 ANSIBLE = Path(sys.executable).parent / 'ansible'
@@ -43,6 +45,21 @@ def test_the_new_products_tests_pass_at_once(shop):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '5 passed' in result.stdout
+
+
+def test_the_commands_find_the_package_from_where_new_ran_and_from_inside(shop):
+    """`apiphant new shop` makes shop/shop/api: `shop` (beside it) and `.` (inside) both mean it."""
+    for product, cwd in (('shop', shop.parent), ('.', shop)):
+        routes = subprocess.run([sys.executable, '-m', 'apiphant', 'routes', product], cwd=cwd,
+                                capture_output=True, text=True, timeout=60)
+        assert routes.returncode == 0, routes.stderr
+        assert routes.stdout.startswith('POST /api/v0/echo/read')
+        openapi = subprocess.run([sys.executable, '-m', 'apiphant', 'openapi', product], cwd=cwd,
+                                 capture_output=True, text=True, timeout=60)
+        assert openapi.returncode == 0, openapi.stderr
+        assert json.loads(openapi.stdout)['info']['title'] == 'shop'
+    with serve(shop):
+        test('echo', 'read', {'hello': 'world'}, 200, {'hello': 'world', 'server': 'shop'})
 
 
 def test_the_deploy_inventory_points_at_the_product_wherever_it_is(shop):
