@@ -70,12 +70,14 @@ def _bytes(part):
 
 @dataclass
 class Answer:
-    """One HTTP answer, parsed: `headers` by lower-case name (the last of a repeated one)."""
+    """One HTTP answer, parsed: `headers` by lower-case name (the last of a repeated one); `size`
+    counts its bytes on the wire."""
 
     status: int
     reason: str
     headers: dict
     body: bytes
+    size: int
 
     def json(self):
         return json.loads(self.body)
@@ -91,6 +93,7 @@ class Connection:
     def __init__(self, port, host='127.0.0.1', timeout=10):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.received = b''
+        self.consumed = 0  # bytes of answers read so far
 
     def __enter__(self):
         return self
@@ -107,10 +110,8 @@ class Connection:
 
     def answer(self, head=False):
         """Read the next whole answer; `head`: it answers a HEAD, so it has no body whatever it says."""
-        while b'\r\n\r\n' not in self.received:
-            self._receive('the head of an answer')
-        top, self.received = self.received.split(b'\r\n\r\n', 1)
-        status_line, *lines = top.decode('latin-1').split('\r\n')
+        start = self.consumed
+        status_line, *lines = self._until(b'\r\n\r\n', 'the head of an answer').decode('latin-1').split('\r\n')
         _, status, reason = (status_line.split(' ', 2) + [''])[:3]
         headers = {}
         for line in lines:
@@ -122,10 +123,12 @@ class Connection:
         elif headers.get('transfer-encoding', '').lower() == 'chunked':
             body = self._chunked()
         elif 'content-length' in headers:
-            body = self._take(int(headers['content-length']))
+            body = self._take(int(headers['content-length']), 'the body')
         else:
-            body = self._rest()
-        return Answer(status, reason, headers, body)
+            while self._receive():
+                pass
+            body = self._take(len(self.received), 'the body')
+        return Answer(status, reason, headers, body, self.consumed - start)
 
     def closes(self):
         """Whether the server closes the connection (within the timeout) without sending more."""
@@ -136,42 +139,38 @@ class Connection:
         assert data == b'', f'expected a close, got {data[:300]!r}'
         return True
 
-    def _receive(self, what):
+    def _receive(self):
         data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError(f'the server closed the connection before {what}: {self.received[:300]!r}')
         self.received += data
-
-    def _take(self, size):
-        while len(self.received) < size:
-            self._receive(f'{size} bytes of body')
-        data, self.received = self.received[:size], self.received[size:]
         return data
 
-    def _line(self):
-        while b'\r\n' not in self.received:
-            self._receive('the end of a chunk line')
-        line, self.received = self.received.split(b'\r\n', 1)
-        return line
+    def _more(self, what):
+        if not self._receive():
+            raise ConnectionError(f'the server closed the connection before {what}: {self.received[:300]!r}')
+
+    def _take(self, size, what):
+        while len(self.received) < size:
+            self._more(what)
+        data, self.received = self.received[:size], self.received[size:]
+        self.consumed += size
+        return data
+
+    def _until(self, end, what):
+        """The bytes up to `end`, which is read and dropped."""
+        while end not in self.received:
+            self._more(what)
+        return self._take(self.received.index(end) + len(end), what)[:-len(end)]
 
     def _chunked(self):
         chunks = []
         while True:
-            size = int(self._line().split(b';')[0], 16)
+            size = int(self._until(b'\r\n', 'a chunk size').split(b';')[0], 16)
             if not size:
-                while self._line():  # trailer fields, up to the empty line
+                while self._until(b'\r\n', 'the end of the trailers'):
                     pass
                 return b''.join(chunks)
-            chunks.append(self._take(size))
-            self._take(2)
-
-    def _rest(self):
-        while True:
-            data = self.sock.recv(65536)
-            if not data:
-                data, self.received = self.received, b''
-                return data
-            self.received += data
+            chunks.append(self._take(size, 'a chunk'))
+            self._take(2, 'the end of a chunk')
 
 
 def exchange(port, request, head=False, host='127.0.0.1', timeout=10):
