@@ -2,9 +2,9 @@
 apiphant.deploy; these tasks drive them host by host and add what Ansible is clumsy at: status,
 logs, fast failure, one line per step.
 
-    fab deploy HOST          site.yml on HOST: an inventory host's name or address (user@host:port
-                             works), or a group: `fab deploy all` rolls out host by host, the API
-                             hosts first, then the load balancers (in inventory order)
+    fab deploy HOST          the site playbook on HOST: an inventory host's name or address
+                             (user@host:port works), or a group: `fab deploy all` rolls out host by
+                             host, the API hosts first, then the load balancers (in inventory order)
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
