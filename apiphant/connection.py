@@ -16,8 +16,9 @@ How it reads and why:
   own and `CONTENT_LENGTH` is always the length of `wsgi.input`. A larger body is refused before it
   is read: at the end of the headers for a Content-Length, as soon as the chunks pass the limit for
   a chunked body. The app is then called with an empty body and BODY_REFUSED set, and answers 413
-  like any other error, so a middleware (CORS) still adds its headers. `Expect: 100-continue` is answered with `100 Continue` only when the
-  body will be taken (curl waits for it before sending a body over 1 KiB).
+  like any other error, so a middleware (CORS) still adds its headers. `Expect: 100-continue` is
+  answered with `100 Continue` only when the body will be taken (curl waits for it before sending
+  a large body).
 - A refused request is answered, then closed gracefully: stop sending, read and drop for up to
   LINGER s. Closing a socket with unread input sends a reset, which can destroy the answer before
   the client reads it.

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from apiphant.test import serve
-from support import EXAMPLE, log_has, make_product, raw_exchange, wait_for
+from support import EXAMPLE, Connection, exchange, http_request, log_has, make_product, wait_for
 
 ECHO = '/api/v0/echo/read'
 
@@ -108,9 +108,10 @@ def test_the_body_limit_has_one_owner_the_action_never_runs(streams):
     """Over --max-body the server reads no body and the app answers 413 without running the action,
     with a Content-Length or chunked."""
     before = sum('POST /api/v0/stream/create 200' in line for line in streams.log)
-    head = b'POST /api/v0/stream/create HTTP/1.1\r\nHost: t\r\n'
-    reply = raw_exchange(streams.port, head + b'Content-Length: 2000\r\n\r\n' + b'a' * 2000)
-    assert reply.startswith(b'HTTP/1.1 413 ') and reply.endswith(b'{"error": "413 Request Entity Too Large"}')
+    for framing in ('content-length', 'chunked'):
+        answer = exchange(streams.port, http_request(path='/api/v0/stream/create', body=[b'a' * 1000] * 2,
+                                                     framing=framing))
+        assert (answer.status, answer.json()) == (413, {'error': '413 Request Entity Too Large'})
     assert sum('POST /api/v0/stream/create 200' in line for line in streams.log) == before
 
 
@@ -123,51 +124,29 @@ def test_unknown_length_answers_are_chunked_and_files_are_sent(streams):
 
 
 def test_http_1_0_gets_unknown_length_answers_up_to_the_close(streams):
-    reply = raw_exchange(streams.port, b'GET /api/v0/stream/read HTTP/1.0\r\n\r\n')
-    head, _, body = reply.partition(b'\r\n\r\n')
-    assert b'Transfer-Encoding' not in head and b'Connection: close' in head
-    assert body == STREAM_LINES
+    with Connection(streams.port) as connection:
+        connection.send(http_request('GET', '/api/v0/stream/read', framing=None, version='HTTP/1.0', host=None))
+        answer = connection.answer()
+    assert 'transfer-encoding' not in answer.headers and answer.headers['connection'] == 'close'
+    assert answer.body == STREAM_LINES
 
 
 def test_http_1_0_keep_alive_and_close(example):
-    keep = b'POST /api/v0/echo/read HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 8\r\n\r\n{"n": %d}'
-    with socket.create_connection(('127.0.0.1', example.port), timeout=10) as sock:
+    with Connection(example.port) as connection:
         for number in range(3):
-            sock.sendall(keep % number)
-            reply = read_answers(sock, 1)
-            assert b'Connection: keep-alive' in reply and b'"n": %d' % number in reply
-        sock.sendall(b'POST /api/v0/echo/read HTTP/1.0\r\nContent-Length: 8\r\n\r\n{"n": 9}')
-        reply = read_answers(sock, 1)
-        assert b'Connection: close' in reply and b'"n": 9' in reply
-        assert sock.recv(1) == b''  # closed by the server
-
-
-ANSWER_HEAD = re.compile(rb'HTTP/1\.1 \d{3} [^\r]*\r\n(?:[^\r]+\r\n)*\r\n')
-
-
-def read_answers(sock, count):
-    """Read until `count` whole answers (each with a Content-Length) have come."""
-    data = b''
-    while True:
-        at = complete = 0
-        while complete < count:
-            head = ANSWER_HEAD.match(data, at)
-            if not head:
-                break
-            end = head.end() + int(re.search(rb'Content-Length: (\d+)', head.group()).group(1))
-            if end > len(data):
-                break
-            at, complete = end, complete + 1
-        if complete == count:
-            return data
-        chunk = sock.recv(65536)
-        assert chunk, f'closed after {complete} answer(s)'
-        data += chunk
+            connection.send(http_request(path=ECHO, body=b'{"n": %d}' % number, version='HTTP/1.0', host=None,
+                                         headers=[('Connection', 'keep-alive')]))
+            answer = connection.answer()
+            assert answer.headers['connection'] == 'keep-alive'
+            assert answer.json() == {'n': number, 'server': 'myproduct'}
+        connection.send(http_request(path=ECHO, body=b'{"n": 9}', version='HTTP/1.0', host=None))
+        answer = connection.answer()
+        assert answer.headers['connection'] == 'close' and answer.json() == {'n': 9, 'server': 'myproduct'}
+        assert connection.closes()
 
 
 def test_pipelined_requests_are_answered_in_order_in_one_write(example):
-    requests_ = b''.join(b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s'
-                         % (len(body), body) for body in (b'{"n": %d}' % n for n in range(10)))
+    requests_ = b''.join(http_request(path=ECHO, body=b'{"n": %d}' % number) for number in range(10))
     with socket.create_connection(('127.0.0.1', example.port), timeout=10) as sock:
         sock.sendall(requests_)  # one send: on loopback the server reads all ten at once
         assert select.select([sock], [], [], 10)[0]
@@ -192,17 +171,18 @@ def test_apachebench_keep_alive(tmp_path):
 
 def test_python_client_sees_no_reset_on_a_refused_pipeline(example):
     """A refused request after good ones: the good ones are answered, then the 400, then a close."""
-    good = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}'
-    reply = raw_exchange(example.port, good * 2 + b'BROKEN\r\n\r\n')
-    assert reply.count(b'HTTP/1.1 200 OK') == 2 and b'HTTP/1.1 400 Bad Request' in reply
-    assert reply.endswith(b'{"error": "400 Bad Request"}')
+    good = http_request(path=ECHO, body=b'{}')
+    with Connection(example.port) as connection:
+        connection.send(good, good, b'BROKEN\r\n\r\n')
+        answers = [connection.answer() for _ in range(3)]
+        assert [answer.status for answer in answers] == [200, 200, 400]
+        assert answers[2].json() == {'error': '400 Bad Request'}
+        assert connection.closes()
 
 
 def test_raw_utf8_path_is_a_404_not_a_parse_error(example):
-    reply = raw_exchange(example.port, 'POST /api/v0/échø/read HTTP/1.1\r\nConnection: close\r\n\r\n'.encode())
-    assert reply.startswith(b'HTTP/1.1 404 ')
-    assert raw_exchange(example.port, b'POST /api/v0/echo/read HTTP/1.1\r\nConnection: close\r\n'
-                                      b'Content-Length: 2\r\n\r\n{}').startswith(b'HTTP/1.1 200 ')
+    assert exchange(example.port, http_request(path='/api/v0/échø/read')).status == 404
+    assert exchange(example.port, http_request(path=ECHO, body=b'{}')).status == 200
 
 
 def test_a_stream_that_fails_halfway_is_cut_by_a_close_not_patched_with_a_500(tmp_path):
@@ -221,8 +201,9 @@ def test_a_stream_that_fails_halfway_is_cut_by_a_close_not_patched_with_a_500(tm
             start_response('200 OK', [('Content-Type', 'text/plain')])
             return lines()
     '''})
-    with serve(folder) as server:
-        reply = raw_exchange(server.port, b'GET /api/v0/stream/read HTTP/1.1\r\nHost: t\r\n\r\n')
+    with serve(folder) as server, socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
+        sock.sendall(http_request('GET', '/api/v0/stream/read', framing=None))
+        reply = b''.join(iter(lambda: sock.recv(65536), b''))  # up to the close
         assert reply.startswith(b'HTTP/1.1 200 OK') and b'Transfer-Encoding: chunked' in reply
         assert b'first' in reply and b'500' not in reply and not reply.endswith(b'0\r\n\r\n')
         wait_for(lambda: log_has(server, 'RuntimeError: halfway'))
@@ -231,7 +212,9 @@ def test_a_stream_that_fails_halfway_is_cut_by_a_close_not_patched_with_a_500(tm
 def test_requests_after_a_close_are_not_answered(example):
     """Connection: close in the middle of a long pipeline (more than one read): the answers up to it
     arrive whole, nothing after it is answered, and the connection closes."""
-    ask = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n%s\r\n{"n": %d}'
-    pipeline = ask % (b'', 1) + ask % (b'Connection: close\r\n', 2) + (ask % (b'', 3)) * 3000
-    reply = raw_exchange(example.port, pipeline)
-    assert reply.count(b'HTTP/1.1 200 OK') == 2 and reply.endswith(b'{"n": 2, "server": "myproduct"}')
+    with Connection(example.port) as connection:
+        connection.send(http_request(path=ECHO, body=b'{"n": 1}'),
+                        http_request(path=ECHO, body=b'{"n": 2}', headers=[('Connection', 'close')]),
+                        http_request(path=ECHO, body=b'{"n": 3}') * 3000)
+        assert [connection.answer().json()['n'] for _ in range(2)] == [1, 2]
+        assert connection.closes()

@@ -5,6 +5,11 @@ rootfs from debootstrap (cached as a tarball, keyed by everything that goes into
 mount namespace running a tiny init that starts sshd. A host reaches nothing but the bridge: apt
 goes through an apt-cacher-ng on 10.231.0.1 that proxies only the Debian mirror this machine uses.
 
+Several test runs can share a machine, each in a lab of its own: APIPHANT_TEST_LAB=b names lab b
+(namespaces apiphant-b*, bridge apiphant-brb, 10.232.0.0/24, its own apt cache); any letter from
+b to y but t works (lab c is 10.233.0.0/24...). Unset, it is the default lab above. Cleaning up
+touches only the chosen lab's names.
+
 Run as root. `python3 tests/deploy/testhost.py clean` removes what a crashed run left behind.
 """
 
@@ -20,9 +25,22 @@ import time
 from pathlib import Path
 
 CACHE = Path(os.environ.get('APIPHANT_TEST_CACHE', '/var/cache/apiphant-tests'))
-PREFIX = 'apiphant-t'  # every name this harness creates starts so: netns, links, temp dirs
-BRIDGE = 'apiphant-br0'
-GATEWAY = '10.231.0.1'
+
+
+def lab_identity(name):
+    """(name prefix, bridge, first three octets of the subnet, apt cache folder) of lab `name`;
+    '' is the default lab. Interface names stay within Linux's 15 characters (apiphant-b4h)."""
+    if not name:
+        return 'apiphant-t', 'apiphant-br0', '10.231.0', 'acng'
+    if len(name) != 1 or not 'b' <= name <= 'y' or name == 't':
+        raise RuntimeError(f'APIPHANT_TEST_LAB={name!r}: needs one lowercase letter from b to y but t '
+                           f'(the default lab has prefix t and subnet 10.231, lab y 10.255)')
+    return f'apiphant-{name}', f'apiphant-br{name}', f'10.{231 + ord(name) - ord("a")}.0', f'acng-{name}'
+
+
+# Every name this harness creates starts with PREFIX: netns, links, temp dirs.
+PREFIX, BRIDGE, SUBNET, APT_CACHE = lab_identity(os.environ.get('APIPHANT_TEST_LAB', ''))
+GATEWAY = f'{SUBNET}.1'
 SUITE = 'bookworm'
 PACKAGES = 'openssh-server,python3,python3-apt,sudo,iproute2'
 PROXY_PORT = 3142
@@ -106,10 +124,10 @@ class Proxy:
     def __init__(self, workdir, mirror):
         self.confdir = workdir / 'acng'
         self.confdir.mkdir()
-        (CACHE / 'acng').mkdir(parents=True, exist_ok=True)
+        (CACHE / APT_CACHE).mkdir(parents=True, exist_ok=True)
         # apt-cacher-ng runs as root here and writes its cache outside the repo, kept between runs.
         (self.confdir / 'acng.conf').write_text(
-            f'CacheDir: {CACHE / "acng"}\nLogDir: {self.confdir}\nPort: {PROXY_PORT}\n'
+            f'CacheDir: {CACHE / APT_CACHE}\nLogDir: {self.confdir}\nPort: {PROXY_PORT}\n'
             f'BindAddress: {GATEWAY}\nForeGround: 1\nForceManaged: 1\nExThreshold: 30\n'
             f'Remap-debrep: /debian ; {mirror}\nPidFile: {self.confdir}/pid\n'
             f'SocketPath: {self.confdir}/socket\n')
@@ -140,12 +158,13 @@ def wait_for_port(host, port, timeout, process=None):
 
 
 class Host:
-    """One test host: namespace `apiphant-tN`, address 10.231.0.(N+1), root over SSH with `key`."""
+    """One test host: namespace `apiphant-tN`, address 10.231.0.(N+1) (in the default lab), root
+    over SSH with `key`."""
 
     def __init__(self, number, workdir, tarball, public_key):
         self.number = number
         self.name = f'{PREFIX}{number}'
-        self.address = f'10.231.0.{number + 1}'
+        self.address = f'{SUBNET}.{number + 1}'
         self.root = workdir / self.name
         self.root.mkdir()
         run('tar', '-C', self.root, '--numeric-owner', '-xf', tarball)
@@ -258,8 +277,8 @@ class Lab:
 
 
 def clean():
-    """Remove what a crashed run left: namespaces, links and temp dirs named apiphant-t*, and the
-    processes running inside those namespaces (found by namespace, never by name)."""
+    """Remove what a crashed run of this lab left: namespaces, links and temp dirs named PREFIX*, and
+    the processes running inside those namespaces (found by namespace, never by name)."""
     for line in subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout.splitlines():
         name = line.split()[0] if line.strip() else ''
         if name.startswith(PREFIX):
