@@ -3,14 +3,13 @@ check (its error, its time limit, one run a second shared by concurrent probes).
 
 import json
 import signal
-import socket
 import threading
 import time
 
 import requests
 
 from apiphant.test import serve
-from support import KITCHEN, log_has, make_product, post, run_cli, wait_for
+from support import KITCHEN, Connection, http_request, log_has, make_product, run_cli, wait_for
 
 CHECKED = '''
 import time
@@ -65,22 +64,16 @@ def test_a_bad_health_path_is_refused():
 def test_up_answers_503_from_the_moment_a_drain_starts():
     """A probe on a kept-alive connection (as a balancer or nginx keeps one) during the drain."""
     with serve(KITCHEN, '--drain-timeout', '20') as server:
-        with socket.create_connection(('127.0.0.1', server.port), timeout=30) as sock:
-            slow = post('/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'probe'}).encode())
-            probe = b'GET /up HTTP/1.1\r\nHost: test\r\n\r\n'
-            sock.sendall(slow.replace(b'Connection: close\r\n', b'') + probe)  # pipelined: one read
+        with Connection(server.port, timeout=30) as connection:
+            slow = http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'probe'}))
+            connection.send(slow, http_request('GET', '/up'))  # pipelined: one read
             wait_for(lambda: log_has(server, 'in flight: probe'))
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: log_has(server, 'draining'))
-            replies = b''
-            while replies.count(b'HTTP/1.1') < 2 or not replies.endswith(b'}'):
-                chunk = sock.recv(65536)
-                assert chunk, replies
-                replies += chunk
-        first, second = replies.split(b'HTTP/1.1 ')[1:]
-        assert first.startswith(b'200 ') and first.endswith(b'{"slept": 1}')
-        assert second.startswith(b'503 ') and b'Connection: close' in second
-        assert second.endswith(b'{"status": "draining"}')
+            first, second = connection.answer(), connection.answer()
+        assert first.status == 200 and first.json() == {'slept': 1}
+        assert second.status == 503 and second.headers['connection'] == 'close'
+        assert second.json() == {'status': 'draining'}
         assert server.process.wait(30) == 0
 
 
@@ -91,7 +84,7 @@ def test_the_product_check_makes_up_503_with_its_error_in_one_line(tmp_path):
         (product / 'api' / 'state').write_text('down')
         expected = (503, {'status': 'down', 'error': 'ConnectionError: database unreachable'})
         wait_for(lambda: up(server) == expected)
-        assert log_has(server, 'health check fails: ConnectionError: database unreachable')
+        wait_for(lambda: log_has(server, 'health check fails: ConnectionError: database unreachable'))  # (read by a thread)
         (product / 'api' / 'state').write_text('ok')
         wait_for(lambda: up(server) == (200, {'status': 'up'}))
         assert requests.post(f'http://127.0.0.1:{server.port}/api/health/check', timeout=10).status_code == 404

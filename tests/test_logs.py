@@ -5,7 +5,7 @@ import json
 import requests
 
 from apiphant.test import serve
-from support import make_product, raw_exchange, run_cli
+from support import exchange, http_request, make_product, run_cli
 
 PRODUCT = {'api/v0/loud.py': '''
     import logging
@@ -34,7 +34,7 @@ def test_every_line_of_a_run_is_one_json_object(tmp_path):
         assert requests.post(f'{base}/api/v0/loud/update', timeout=10,
                              headers={'X-Request-ID': 'json-2'}).status_code == 500
         assert requests.get(f'{base}/up', timeout=10).status_code == 200
-        assert raw_exchange(server.port, b'GET /\xff HTTP/1.1\r\nBad Header\r\n\r\n').startswith(b'HTTP/1.1 400')
+        assert exchange(server.port, http_request('GET', '/', headers=['Bad Header'], framing=None)).status == 400
         server.process.terminate()
         assert server.process.wait(30) == 0
     records = [json.loads(line) for line in server.log]  # each line, parsed whole

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiphant.test import serve
-from support import KITCHEN, log_has, post, wait_for
+from support import KITCHEN, Connection, http_request, log_has, wait_for
 
 READ = '/api/v0/process/read'
 
@@ -88,20 +88,14 @@ def test_without_metrics_there_is_no_metrics_path():
 def test_the_drain_shows_in_the_metrics():
     """A scrape pipelined behind a slow request is answered once the drain has begun."""
     with serve(KITCHEN, '--metrics', '--drain-timeout', '20') as server:
-        with socket.create_connection(('127.0.0.1', server.port), timeout=30) as sock:
-            slow = post('/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'scraped'}).encode())
-            sock.sendall(slow.replace(b'Connection: close\r\n', b'') + b'GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n')
+        with Connection(server.port, timeout=30) as connection:
+            slow = http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'scraped'}))
+            connection.send(slow, http_request('GET', '/metrics'))
             wait_for(lambda: log_has(server, 'in flight: scraped'))
             server.process.send_signal(signal.SIGTERM)
-            replies = b''
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                replies += chunk
-        assert replies.count(b'HTTP/1.1 200 OK') == 2
-        text = replies.split(b'\r\n\r\n')[-1].decode()  # the scrape's body, after the slow answer
-        assert samples(text)['apiphant_draining', frozenset()] == 1
+            first, scraped = connection.answer(), connection.answer()
+        assert first.status == 200 and scraped.status == 200
+        assert samples(scraped.body.decode())['apiphant_draining', frozenset()] == 1
         assert server.process.wait(30) == 0
 
 

@@ -82,6 +82,7 @@ def test_concurrent_requests_keep_their_own_id_on_their_log_records(traced):
         thread.start()
     for thread in threads:
         thread.join()
+    wait_for(lambda: all(log_has(traced, f'end {tag}') for tag in ('a', 'b', 'c')))  # (read by a thread)
     for tag in ('a', 'b', 'c'):
         assert replies[tag].json() == {'request_id': f'id-{tag}'}
         for event in ('start', 'end'):
@@ -93,7 +94,7 @@ def test_the_500_traceback_carries_the_request_id(traced):
     reply = trace(traced, 'update', request_id='fails-1')
     assert reply.status_code == 500 and reply.headers['X-Request-ID'] == 'fails-1'
     wait_for(lambda: log_has(traced, 'ERROR fails-1 500 on /api/v0/trace/update'))
-    assert log_has(traced, 'RuntimeError: boom')
+    wait_for(lambda: log_has(traced, 'RuntimeError: boom'))
 
 
 def test_outside_a_request_the_id_is_a_dash():
