@@ -17,7 +17,10 @@ setup(
     long_description_content_type='text/markdown',
     license='MIT',
     python_requires='>=3.10',
-    packages=find_packages(include=['apiphant', 'apiphant.*']),
+    # The framework, and the deploy half's Fabric tasks (apiphant_deploy, which never imports
+    # apiphant and needs the deploy extra): the README's "Deploying" says why they share a wheel.
+    packages=find_packages(include=['apiphant', 'apiphant.*']) + ['apiphant_deploy'],
+    package_dir={'apiphant_deploy': 'deploy/apiphant_deploy'},
     package_data={'apiphant': ['skeleton/*.tmpl', 'skeleton/**/*.tmpl']},  # `apiphant new`'s files
     install_requires=['gevent>=23.9', 'ujson>=5.8'],
     extras_require={

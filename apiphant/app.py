@@ -143,13 +143,13 @@ class App:
                                 f'an action returns a dict or None')
             body = encode(result)
         except ApiError as error:
-            return self.error(start_response, error)
+            return self.error(environ, start_response, error)
         except Exception:
             log.exception('500 on %s', environ['PATH_INFO'])
-            return self.error(start_response, ApiError(500))
+            return self.error(environ, start_response, ApiError(500))
         start_response('200 OK', [('Content-Type', 'application/json'),
                                   ('Content-Length', str(len(body)))])
-        return [body]
+        return _content(environ, body)
 
     def read_body(self, environ):
         """The body, at most max_body bytes: a larger one is refused before it is read."""
@@ -169,7 +169,7 @@ class App:
         return body
 
     @staticmethod
-    def error(start_response, error):
+    def error(environ, start_response, error):
         body = encode(error.body, default=str)  # an `explain` of any type still reaches the client
         headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
         if error.status_code == 405:
@@ -177,5 +177,10 @@ class App:
         elif error.status_code == 413:
             headers.append(('Connection', 'close'))
         start_response(error.status, headers, sys.exc_info())
-        return [body]
+        return _content(environ, body)
+
+
+def _content(environ, body):
+    """A HEAD gets the headers a POST would, its Content-Length included, but no content (RFC 9110)."""
+    return [] if environ['REQUEST_METHOD'] == 'HEAD' else [body]
 

@@ -38,7 +38,11 @@ class ProductError(Exception):
 
 
 def locate(product):
-    """Return the product's package folder for a path ('example/myproduct') or an importable name."""
+    """Return the product's package folder for a path ('example/myproduct') or an importable name.
+
+    `apiphant new shop` makes the project folder shop/ around the package shop/shop/, so a folder
+    without api/ that holds a package of its own name with one is taken to mean that package.
+    """
     folder = Path(product)
     if not folder.is_dir():
         spec = importlib.util.find_spec(product) if product.isidentifier() else None
@@ -46,10 +50,14 @@ def locate(product):
             raise ProductError(f'product {product!r} is neither a folder nor an importable package')
         folder = Path(next(iter(spec.submodule_search_locations)))
     folder = folder.resolve()
+    if not (folder / 'api').is_dir() and (folder / folder.name / 'api').is_dir():
+        folder = folder / folder.name
     if not folder.name.isidentifier():
         raise ProductError(f'product folder name {folder.name!r} is not a valid Python package name')
     if not (folder / 'api').is_dir():
-        raise ProductError(f'product folder {folder} has no api/ folder')
+        inner = sorted(str(api.parent) for api in folder.glob('*/api') if api.is_dir())
+        meant = f': did you mean {" or ".join(inner)}?' if inner else ''
+        raise ProductError(f'product folder {folder} has no api/ folder{meant}')
     return folder
 
 

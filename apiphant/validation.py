@@ -4,6 +4,7 @@ An `ApiError` already knows its response (status line and JSON body), so an acti
 any depth and the app only has to send what the error carries.
 """
 
+import functools
 from http import HTTPStatus
 
 _NO_BODY_STATUSES = {204, 205, 304}
@@ -54,15 +55,36 @@ class Missing(_FieldError):
     state = 'missing'
 
 
+def nested_errors(action):
+    """Answer the action's Invalid and Missing in apiphant 0.2's shape, for clients written for it.
+
+    400 `{"error": {"field": "id", "state": "invalid"}}` (with "explain" when given) instead of
+    `{"error": "id is Invalid", "field": "id", "state": "invalid"}`: a product moving from 0.2 keeps
+    its old clients working while it moves one action at a time.
+    """
+    @functools.wraps(action)
+    def answer_as_in_0_2(*args):
+        try:
+            return action(*args)
+        except _FieldError as error:
+            nested = {key: value for key, value in error.body.items() if key != 'error'}
+            raise ApiError(400, nested) from None
+    return answer_as_in_0_2
+
+
 def field(request, name, is_required=False, default_value=None, valid_value=None, valid_type=None,
           valid_length=None, max_length=None, explain=None):
     """Return `request[name]` after the checks asked for, or raise Missing / Invalid naming the field.
 
+    Whatever JSON a client sends, field() returns or raises Missing or Invalid, never anything else.
     `name` may be a dotted path into nested objects ('user.name'); errors name the whole path.
     Absent and null are the same: Missing when `is_required`, else `default_value`.
-    `valid_type`: a type or tuple of types; bool never passes for int, int passes for float.
-    `valid_value`: a predicate, or a collection of the allowed values.
+    The checks run in this order, so each sees only values the previous ones let through:
+    `valid_type`: a type or tuple of types; true/false never pass for int, an int passes for float.
     `valid_length`: an exact length, or an inclusive (min, max) pair; `max_length`: an upper bound.
+    `valid_value`: a callable is a predicate (its ValueError or TypeError means Invalid; any other
+    exception is the product's bug, a 500); a set, frozenset, list, tuple, range or dict (its keys)
+    holds the allowed values; anything else, a string included, is the one allowed value.
     `explain`: put into the error, to tell the client what a good value is.
     """
     value = request
@@ -71,7 +93,7 @@ def field(request, name, is_required=False, default_value=None, valid_value=None
         if value is None:
             break
         if not isinstance(value, dict):
-            raise Invalid('.'.join(walked), explain)
+            raise Invalid('.'.join(walked) or name, explain)
         walked.append(part)
         value = value.get(part)
     if value is None:
@@ -82,7 +104,7 @@ def field(request, name, is_required=False, default_value=None, valid_value=None
         raise Invalid(name, explain)
     if valid_length is not None or max_length is not None:
         _check_length(name, value, valid_length, max_length, explain)
-    if valid_value is not None and not _has_value(value, valid_value):
+    if valid_value is not None and not _is_allowed(value, valid_value):
         raise Invalid(name, explain)
     return value
 
@@ -101,7 +123,7 @@ def _check_length(name, value, valid_length, max_length, explain):
         length = len(value)
     except TypeError:
         raise Invalid(name, explain) from None
-    if isinstance(valid_length, tuple):
+    if isinstance(valid_length, (tuple, list)):
         low, high = valid_length
         fits = low <= length <= high
     else:
@@ -110,7 +132,33 @@ def _check_length(name, value, valid_length, max_length, explain):
         raise Invalid(name, explain)
 
 
-def _has_value(value, valid_value):
+def _is_allowed(value, valid_value):
     if callable(valid_value):
-        return bool(valid_value(value))
-    return value in valid_value
+        try:
+            return bool(valid_value(value))
+        except (ValueError, TypeError):  # int('x'), 'a' < 1, len(5): the value, not the code, is wrong
+            return False
+    if isinstance(valid_value, range):
+        # `in` on a range compares item by item for anything but an int (1.5 in range(10**9) takes
+        # seconds), so a number is looked up arithmetically, as an int, and nothing else at all
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return type(value) is int and value in valid_value
+    if isinstance(valid_value, (set, frozenset, dict)):
+        try:
+            found = value in valid_value  # a hash lookup
+        except (TypeError, ValueError):  # unhashable (a list, an object): in no set
+            return False
+        # true == 1 and hash(true) == hash(1): confirm by kind where that can matter
+        return found and (value not in (0, 1) or any(_equals(value, item) for item in valid_value))
+    if isinstance(valid_value, (list, tuple)):
+        return any(_equals(value, item) for item in valid_value)
+    return _equals(value, valid_value)
+
+
+def _equals(value, allowed):
+    """JSON's equality: Python's ==, except that true and false are not the numbers 1 and 0."""
+    try:
+        return isinstance(value, bool) == isinstance(allowed, bool) and bool(value == allowed)
+    except (ValueError, TypeError):  # an allowed object whose == refuses a JSON value
+        return False

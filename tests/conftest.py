@@ -2,7 +2,7 @@
 
 import pytest
 
-from apiphant.test import serve
+from apiphant.test import client, serve
 from support import EXAMPLE, KITCHEN
 
 
@@ -30,3 +30,13 @@ def example(example_server):
     """The example product (served once a module), with `config` pointing at it."""
     with example_server.use():
         yield example_server
+
+
+@pytest.fixture(params=['in process', 'live'])
+def kitchen_either(request):
+    """The kitchen product through the in-process client, then through a real server."""
+    if request.param == 'in process':
+        with client(KITCHEN):
+            yield request.param
+    else:
+        yield request.getfixturevalue('kitchen')

@@ -1,14 +1,16 @@
 """What the framework tests share besides fixtures: paths, raw HTTP, polling, product folders.
 
-Test modules import these from here (`from support import post`), never from conftest: with a
+Test modules import these from here (`from support import exchange`), never from conftest: with a
 second conftest in tests/deploy, `import conftest` would be ambiguous.
 """
 
+import json
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TESTS = Path(__file__).parent
@@ -36,27 +38,146 @@ def run_cli(*args, timeout=30):
                           timeout=timeout)
 
 
-def raw_exchange(port, data, host='127.0.0.1', timeout=10):
-    """Send raw bytes, return everything the server sends until it closes (or the timeout)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
+def http_request(method='POST', path='/', body=b'', headers=(), framing='content-length',
+                 version='HTTP/1.1', host='test'):
+    """The bytes of one HTTP request, built from its parts.
+
+    `body`: bytes or str (sent as UTF-8). `headers`: (name, value) pairs, sent in order after `Host: host` (None: no Host); a str alone
+    is sent as a whole line, for the malformed ones. `framing`: 'content-length' adds the body's
+    Content-Length; 'chunked' adds `Transfer-Encoding: chunked` and sends `body` (bytes, or a list
+    of chunks) chunk by chunk; None sends `body` as it is, framed only by the headers given.
+    `version` None leaves the protocol out of the request line (HTTP/0.9).
+    """
+    chunks = [_bytes(chunk) for chunk in (body if isinstance(body, list) else [body])]
+    body = b''.join(chunks)
+    lines = [b' '.join(_bytes(part) for part in (method, path, version) if part is not None)]
+    fields = ([('Host', host)] if host is not None else []) + list(headers)
+    if framing == 'content-length':
+        fields.append(('Content-Length', len(body)))
+    elif framing == 'chunked':
+        fields.append(('Transfer-Encoding', 'chunked'))
+        body = b''.join(b'%x\r\n%s\r\n' % (len(chunk), chunk) for chunk in chunks if chunk) + b'0\r\n\r\n'
+    elif framing is not None:
+        raise ValueError(f'framing {framing!r}: content-length, chunked or None')
+    lines += [_bytes(field) if isinstance(field, str) else b'%s: %s' % tuple(map(_bytes, field))
+              for field in fields]
+    return b'\r\n'.join(lines) + b'\r\n\r\n' + body
+
+
+def _bytes(part):
+    return part if isinstance(part, bytes) else str(part).encode()
+
+
+@dataclass
+class Answer:
+    """One HTTP answer, parsed: `headers` by lower-case name (the last of a repeated one); `size`
+    counts its bytes on the wire."""
+
+    status: int
+    reason: str
+    headers: dict
+    body: bytes
+    size: int
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Connection:
+    """One client connection over a raw socket: send any bytes, read back parsed answers.
+
+    Raw on purpose: it sends what a test built, malformed or not, and reads the answer by HTTP's own
+    framing (Content-Length, chunked, or up to the close), knowing nothing of the server under test.
+    """
+
+    def __init__(self, port, host='127.0.0.1', timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.received = b''
+        self.consumed = 0  # bytes of answers read so far
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, *requests):
+        """Send the requests at once (pipelined when several)."""
+        self.sock.sendall(b''.join(requests))
+
+    def answer(self, head=False):
+        """Read the next whole answer; `head`: it answers a HEAD, so it has no body whatever it says."""
+        start = self.consumed
+        status_line, *lines = self._until(b'\r\n\r\n', 'the head of an answer').decode('latin-1').split('\r\n')
+        _, status, reason = (status_line.split(' ', 2) + [''])[:3]
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(':')
+            headers[name.strip().lower()] = value.strip()
+        status = int(status)
+        if head or status in (204, 304) or status < 200:
+            body = b''
+        elif headers.get('transfer-encoding', '').lower() == 'chunked':
+            body = self._chunked()
+        elif 'content-length' in headers:
+            body = self._take(int(headers['content-length']), 'the body')
+        else:
+            while self._receive():
+                pass
+            body = self._take(len(self.received), 'the body')
+        return Answer(status, reason, headers, body, self.consumed - start)
+
+    def closes(self):
+        """Whether the server closes the connection (within the timeout) without sending more."""
         try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            data = self.received or self.sock.recv(65536)
         except socket.timeout:
-            pass
-    return b''.join(chunks)
+            return False
+        assert data == b'', f'expected a close, got {data[:300]!r}'
+        return True
+
+    def _receive(self):
+        data = self.sock.recv(65536)
+        self.received += data
+        return data
+
+    def _more(self, what):
+        if not self._receive():
+            raise ConnectionError(f'the server closed the connection before {what}: {self.received[:300]!r}')
+
+    def _take(self, size, what):
+        while len(self.received) < size:
+            self._more(what)
+        data, self.received = self.received[:size], self.received[size:]
+        self.consumed += size
+        return data
+
+    def _until(self, end, what):
+        """The bytes up to `end`, which is read and dropped."""
+        while end not in self.received:
+            self._more(what)
+        return self._take(self.received.index(end) + len(end), what)[:-len(end)]
+
+    def _chunked(self):
+        chunks = []
+        while True:
+            size = int(self._until(b'\r\n', 'a chunk size').split(b';')[0], 16)
+            if not size:
+                while self._until(b'\r\n', 'the end of the trailers'):
+                    pass
+                return b''.join(chunks)
+            chunks.append(self._take(size, 'a chunk'))
+            self._take(2, 'the end of a chunk')
 
 
-def post(path, body=b'', headers=()):
-    """A well-formed HTTP/1.1 POST that asks the server to close after answering."""
-    head = [f'POST {path} HTTP/1.1', 'Host: test', 'Connection: close',
-            f'Content-Length: {len(body)}', *headers]
-    return ('\r\n'.join(head) + '\r\n\r\n').encode() + body
+def exchange(port, request, head=False, host='127.0.0.1', timeout=10):
+    """Send one request (bytes) on a new connection and return its parsed answer."""
+    with Connection(port, host, timeout) as connection:
+        connection.send(request)
+        return connection.answer(head)
 
 
 def wait_for(condition, timeout=10.0, interval=0.02):

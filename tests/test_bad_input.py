@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apiphant.test import serve, test
-from support import EXAMPLE, post, raw_exchange
+from support import EXAMPLE, Connection, exchange, http_request, wait_for
 
 ECHO = '/api/v0/echo/read'
 NOT_AN_OBJECT = {'error': 'Request content should be JSON Object'}
@@ -32,13 +32,6 @@ def still_serving(server):
         test('echo', 'read', {'hello': 'world'}, 200, {'hello': 'world', 'server': 'myproduct'})
 
 
-def exchange(server, body):
-    """POST `body` as it is; return (status, decoded JSON body)."""
-    reply = raw_exchange(server.port, post(ECHO, body))
-    head, _, payload = reply.partition(b'\r\n\r\n')
-    return int(head.split()[1]), json.loads(payload)
-
-
 def strict_json_object(body):
     """The oracle: what a strict JSON parser makes of the body (None unless a sound JSON object)."""
     if not body:
@@ -56,15 +49,15 @@ def strict_json_object(body):
 
 
 def check_echo(server, body):
-    status, reply = exchange(server, body)
+    answer = exchange(server.port, http_request('POST', ECHO, body))
     expected = strict_json_object(body)
-    if status == 400:
-        assert reply == NOT_AN_OBJECT
+    if answer.status == 400:
+        assert answer.json() == NOT_AN_OBJECT
     else:
-        assert status == 200, reply
+        assert answer.status == 200, answer
         assert expected is not None, f'accepted a body a strict parser refuses: {body[:200]!r}'
-        assert reply == {**expected, 'server': 'myproduct'}
-    return status
+        assert answer.json() == {**expected, 'server': 'myproduct'}
+    return answer.status
 
 
 json_values = st.recursive(
@@ -145,39 +138,38 @@ def test_nasty_bodies(server, body, status):
     assert check_echo(server, body) == status
 
 
-REQUEST = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: test\r\n'
-JSON_400 = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close'
+def echo(body=b'', headers=(), framing=None, **parts):
+    """A POST to the echo, framed only by the headers given unless `framing` says otherwise."""
+    return http_request('POST', ECHO, body, headers, framing, **parts)
 
-# (name, raw bytes, how the server must answer: a status code, or None for "any JSON error or close")
+
+CHUNKED = [('Transfer-Encoding', 'chunked')]
+TWO_BYTES = b'2\r\n{}\r\n0\r\n\r\n'  # a chunked {}
+
+# (name, request, the status the server must answer with, a JSON error, and then close)
 ABUSE = [
     ('garbage request line', b'GARBAGE\r\n\r\n', 400),
     ('binary request line', b'\x00\x01\x02\xff\r\n\r\n', 400),
-    ('unknown HTTP version', b'POST /api/v0/echo/read HTTP/9.9\r\n\r\n', 400),
-    ('extra request-line word', b'POST /api/v0/echo/read HTTP/1.1 x\r\n\r\n', 400),
-    ('HTTP/0.9', b'GET /api/v0/echo/read\r\n\r\n', 400),
-    ('request line over 8 KiB', b'POST /' + b'a' * 20_000 + b' HTTP/1.1\r\n\r\n', 414),
-    ('1 MB header', REQUEST + b'X-Big: ' + b'a' * 1_000_000 + b'\r\n\r\n', 400),
-    ('1,000 headers', REQUEST + b''.join(b'X-H%d: v\r\n' % i for i in range(1000)) + b'\r\n', 400),
-    ('header without colon', REQUEST + b'Bogus\r\nContent-Length: 2\r\n\r\n{}', 400),
-    ('space before colon', REQUEST + b'Content-Length : 2\r\n\r\n{}', 400),
-    ('Content-Length not a number', REQUEST + b'Content-Length: abc\r\n\r\n{}', 400),
-    ('negative Content-Length', REQUEST + b'Content-Length: -1\r\n\r\n{}', 400),
-    ('Content-Length list', REQUEST + b'Content-Length: 2, 2\r\n\r\n{}', 400),
-    ('conflicting Content-Lengths', REQUEST + b'Content-Length: 2\r\nContent-Length: 5\r\n\r\n{}', 400),
-    ('chunk size not hex', REQUEST + b'Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n', 400),
-    ('negative chunk size', REQUEST + b'Transfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n', 400),
-    ('chunks over the limit', REQUEST + b'Transfer-Encoding: chunked\r\n\r\n'
-     + (b'40000\r\n' + b' ' * 0x40000 + b'\r\n') * 5 + b'0\r\n\r\n', 413),
-    ('Content-Length and chunked', REQUEST + b'Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n'
-     b'2\r\n{}\r\n0\r\n\r\n', 400),
-    ('chunked and Content-Length', REQUEST + b'Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n'
-     b'2\r\n{}\r\n0\r\n\r\nPOST /api/v0/echo/read HTTP/1.1\r\n\r\n', 400),
-    ('unknown transfer coding', REQUEST + b'Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
-     400),
-    ('two Transfer-Encodings', REQUEST + b'Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n'
-     b'\r\n2\r\n{}\r\n0\r\n\r\n', 400),
-    ('Transfer-Encoding with space', REQUEST + b'Transfer-Encoding : chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
-     400),
+    ('unknown HTTP version', echo(version='HTTP/9.9', host=None), 400),
+    ('extra request-line word', echo(version='HTTP/1.1 x', host=None), 400),
+    ('HTTP/0.9', http_request('GET', ECHO, framing=None, version=None, host=None), 400),
+    ('request line over 8 KiB', http_request('POST', '/' + 'a' * 20_000, framing=None, host=None), 414),
+    ('1 MB header', echo(headers=[('X-Big', 'a' * 1_000_000)]), 400),
+    ('1,000 headers', echo(headers=[(f'X-H{number}', 'v') for number in range(1000)]), 400),
+    ('header without colon', echo(b'{}', ['Bogus', ('Content-Length', 2)]), 400),
+    ('space before colon', echo(b'{}', [('Content-Length ', 2)]), 400),
+    ('Content-Length not a number', echo(b'{}', [('Content-Length', 'abc')]), 400),
+    ('negative Content-Length', echo(b'{}', [('Content-Length', -1)]), 400),
+    ('Content-Length list', echo(b'{}', [('Content-Length', '2, 2')]), 400),
+    ('conflicting Content-Lengths', echo(b'{}', [('Content-Length', 2), ('Content-Length', 5)]), 400),
+    ('chunk size not hex', echo(b'zz\r\n{}\r\n0\r\n\r\n', CHUNKED), 400),
+    ('negative chunk size', echo(b'-2\r\n{}\r\n0\r\n\r\n', CHUNKED), 400),
+    ('chunks over the limit', echo([b' ' * 0x40000] * 5, framing='chunked'), 413),
+    ('Content-Length and chunked', echo(TWO_BYTES, [('Content-Length', 4), *CHUNKED]), 400),
+    ('chunked and Content-Length', echo(TWO_BYTES + echo(host=None), [*CHUNKED, ('Content-Length', 40)]), 400),
+    ('unknown transfer coding', echo(TWO_BYTES, [('Transfer-Encoding', 'gzip, chunked')]), 400),
+    ('two Transfer-Encodings', echo(TWO_BYTES, [*CHUNKED, ('Transfer-Encoding', 'identity')]), 400),
+    ('Transfer-Encoding with space', echo(TWO_BYTES, [('Transfer-Encoding ', 'chunked')]), 400),
 ]
 
 PATHS = [b'/api/v0/../../echo/read', b'/api/v0/%2e%2e/echo/read', b'/api/%2e%2e/v0/echo/read',
@@ -187,56 +179,60 @@ PATHS = [b'/api/v0/../../echo/read', b'/api/v0/%2e%2e/echo/read', b'/api/%2e%2e/
          b'http://evil/api/v0/echo', b'*']
 
 
-def status_of(reply):
-    return int(reply.split(b' ', 2)[1])
-
-
 @pytest.mark.parametrize('name, data, status', ABUSE, ids=[case[0] for case in ABUSE])
 def test_http_abuse_gets_a_json_error_and_a_close(server, name, data, status):
-    reply = raw_exchange(server.port, data)
-    assert status_of(reply) == status, reply[:300]
-    head, _, body = reply.partition(b'\r\n\r\n')
-    assert b'Content-Type: application/json' in head and b'Connection: close' in head
-    assert 'error' in json.loads(body)
+    with Connection(server.port) as connection:
+        connection.send(data)
+        answer = connection.answer()
+        assert answer.status == status, answer
+        assert answer.headers['content-type'] == 'application/json'
+        assert answer.headers['connection'] == 'close'
+        assert 'error' in answer.json()
+        assert connection.closes()
 
 
 @pytest.mark.parametrize('path', PATHS, ids=[repr(path)[2:40] for path in PATHS])
 def test_odd_paths_are_404_and_import_nothing(server, path):
-    reply = raw_exchange(server.port, b'POST ' + path + b' HTTP/1.1\r\nConnection: close\r\n\r\n')
-    assert status_of(reply) == 404, reply
-    assert reply.endswith(b'{"error": "404 Not Found"}')
+    answer = exchange(server.port, http_request('POST', path))
+    assert (answer.status, answer.json()) == (404, {'error': '404 Not Found'})
 
 
 def test_content_length_longer_than_the_body_then_close(server):
-    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
-        sock.sendall(REQUEST + b'Content-Length: 100\r\n\r\n{}')
-        sock.shutdown(socket.SHUT_WR)
-        reply = sock.recv(65536)
-    assert reply.startswith(JSON_400)
+    with Connection(server.port) as connection:
+        connection.send(echo(b'{}', [('Content-Length', 100)]))
+        connection.sock.shutdown(socket.SHUT_WR)
+        answer = connection.answer()
+        assert (answer.status, answer.headers['connection']) == (400, 'close')
+        assert answer.headers['content-type'] == 'application/json'
 
 
 def test_http_1_0_and_pipelining(server):
-    reply = raw_exchange(server.port, b'POST /api/v0/echo/read HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}')
-    assert reply.startswith(b'HTTP/1.1 200 OK') and b'Connection: close' in reply
-    pipelined = post(ECHO, b'{"n": 1}', ['Connection: keep-alive']).replace(b'Connection: close\r\n', b'')
-    reply = raw_exchange(server.port, pipelined * 3 + post(ECHO, b'{"n": 4}'))
-    assert reply.count(b'HTTP/1.1 200 OK') == 4
-    assert [int(part[:1]) for part in reply.split(b'{"n": ')[1:]] == [1, 1, 1, 4]
+    with Connection(server.port) as connection:
+        connection.send(echo(b'{}', framing='content-length', version='HTTP/1.0', host=None))
+        answer = connection.answer()
+        assert (answer.status, answer.headers['connection']) == (200, 'close')
+        assert connection.closes()
+    with Connection(server.port) as connection:
+        connection.send(*(echo(b'{"n": %d}' % n, framing='content-length') for n in (1, 1, 1, 4)))
+        assert [connection.answer().json()['n'] for _ in range(4)] == [1, 1, 1, 4]
 
 
 def test_oversized_body_is_refused_before_it_is_sent(server):
     """413 arrives while the client is still holding most of its body."""
-    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
-        sock.sendall(REQUEST + b'Content-Length: %d\r\n\r\n' % (50 * MAX_BODY) + b'{"a": "')
-        reply = sock.recv(65536)
-    assert status_of(reply) == 413
-    assert reply.endswith(b'{"error": "413 Request Entity Too Large"}')
+    with Connection(server.port) as connection:
+        connection.send(echo(b'{"a": "', [('Content-Length', 50 * MAX_BODY)]))
+        answer = connection.answer()
+        assert (answer.status, answer.json()) == (413, {'error': '413 Request Entity Too Large'})
 
 
 def test_bodies_never_reach_the_log(server):
     marker = 'password-7f3a9c'
+    refused = f'POST {ECHO} 400'
+    before = sum(refused in line for line in server.log)
     with server.use():
         test('echo', 'read', {'password': marker}, 200)
-    exchange(server, b'{"password": "' + marker.encode() + b'", broken')
+    exchange(server.port, echo(b'{"password": "' + marker.encode() + b'", broken', framing='content-length'))
+    # the log is read by a thread: once the refusal's line is in, every earlier line is too
+    wait_for(lambda: sum(refused in line for line in server.log) > before)
     assert not [line for line in server.log if marker in line]
     assert any(f'POST {ECHO} 200' in line for line in server.log)

@@ -8,19 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from apiphant.test import serve
-from support import EXAMPLE, KITCHEN, log_has, post, raw_exchange, run_cli
+from support import EXAMPLE, KITCHEN, exchange, http_request, log_has, run_cli
 
 ORIGIN = 'http://127.0.0.1:3000'
 CHROMIUM = shutil.which('chromium')
-
-
-def exchange(port, method, path, headers=(), body=b''):
-    """(status, {lower-case header: value}, body) of one raw HTTP exchange."""
-    reply = raw_exchange(port, post(path, body, headers).replace(b'POST ', method.encode() + b' ', 1))
-    head, _, body = reply.partition(b'\r\n\r\n')
-    lines = head.decode().split('\r\n')
-    fields = dict(line.split(': ', 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {name.lower(): value for name, value in fields.items()}, body
 
 
 @pytest.fixture(scope='module')
@@ -30,10 +21,11 @@ def cors_kitchen():
 
 
 def test_a_preflight_from_an_allowed_origin_is_answered(cors_kitchen):
-    status, headers, body = exchange(cors_kitchen.port, 'OPTIONS', '/api/v0/things/create', [
-        f'Origin: {ORIGIN}', 'Access-Control-Request-Method: POST',
-        'Access-Control-Request-Headers: content-type, authorization'])
-    assert (status, body) == (204, b'')
+    answer = exchange(cors_kitchen.port, http_request('OPTIONS', '/api/v0/things/create', headers=[
+        ('Origin', ORIGIN), ('Access-Control-Request-Method', 'POST'),
+        ('Access-Control-Request-Headers', 'content-type, authorization')]))
+    headers = answer.headers
+    assert (answer.status, answer.body) == (204, b'')
     assert headers['access-control-allow-origin'] == ORIGIN
     assert headers['access-control-allow-methods'] == 'POST'
     assert headers['access-control-allow-headers'] == 'content-type, authorization'
@@ -50,36 +42,36 @@ def test_a_preflight_from_an_allowed_origin_is_answered(cors_kitchen):
     ('/api/v0/things/create', b'{"id": 1, "name": "' + b'x' * 200 + b'"}', 413),
 ])
 def test_every_answer_to_an_allowed_origin_carries_the_headers(cors_kitchen, path, body, status):
-    got, headers, _ = exchange(cors_kitchen.port, 'POST', path, ['Origin: https://app.example.com'], body)
-    assert got == status
-    assert headers['access-control-allow-origin'] == 'https://app.example.com'
-    assert headers['vary'] == 'Origin'
+    answer = exchange(cors_kitchen.port, http_request('POST', path, body, [('Origin', 'https://app.example.com')]))
+    assert answer.status == status
+    assert answer.headers['access-control-allow-origin'] == 'https://app.example.com'
+    assert answer.headers['vary'] == 'Origin'
 
 
 def test_other_origins_get_no_cors_headers(cors_kitchen):
-    status, headers, _ = exchange(cors_kitchen.port, 'OPTIONS', '/api/v0/things/create', [
-        'Origin: https://evil.example.com', 'Access-Control-Request-Method: POST'])
-    assert status == 405 and headers['allow'] == 'POST'
-    assert 'access-control-allow-origin' not in headers
-    status, headers, _ = exchange(cors_kitchen.port, 'POST', '/api/v0/things/create',
-                                  ['Origin: https://evil.example.com'], b'{"id": 1}')
-    assert status == 200
-    assert 'access-control-allow-origin' not in headers and headers['vary'] == 'Origin'
+    answer = exchange(cors_kitchen.port, http_request('OPTIONS', '/api/v0/things/create', headers=[
+        ('Origin', 'https://evil.example.com'), ('Access-Control-Request-Method', 'POST')]))
+    assert answer.status == 405 and answer.headers['allow'] == 'POST'
+    assert 'access-control-allow-origin' not in answer.headers
+    answer = exchange(cors_kitchen.port, http_request('POST', '/api/v0/things/create', b'{"id": 1}',
+                                                      [('Origin', 'https://evil.example.com')]))
+    assert answer.status == 200
+    assert 'access-control-allow-origin' not in answer.headers and answer.headers['vary'] == 'Origin'
 
 
 def test_any_origin_with_a_star():
     with serve(EXAMPLE, '--cors', '*') as server:
-        status, headers, _ = exchange(server.port, 'POST', '/api/v0/echo/read', ['Origin: https://a.example'])
-    assert status == 200
-    assert headers['access-control-allow-origin'] == '*'
-    assert 'vary' not in headers
+        answer = exchange(server.port, http_request('POST', '/api/v0/echo/read', headers=[('Origin', 'https://a.example')]))
+    assert answer.status == 200
+    assert answer.headers['access-control-allow-origin'] == '*'
+    assert 'vary' not in answer.headers
 
 
 def test_without_the_option_nothing_changes(example):
-    status, headers, _ = exchange(example.port, 'OPTIONS', '/api/v0/echo/read', [
-        f'Origin: {ORIGIN}', 'Access-Control-Request-Method: POST'])
-    assert status == 405
-    assert not any(name.startswith('access-control') for name in headers)
+    answer = exchange(example.port, http_request('OPTIONS', '/api/v0/echo/read', headers=[
+        ('Origin', ORIGIN), ('Access-Control-Request-Method', 'POST')]))
+    assert answer.status == 405
+    assert not any(name.startswith('access-control') for name in answer.headers)
 
 
 @pytest.mark.parametrize('value', ['example.com', 'https://example.com/', 'https://example.com/path', 'ftp://x'])

@@ -7,16 +7,6 @@ from apiphant.test import call, client, config, test
 from support import KITCHEN, make_product
 
 
-@pytest.fixture(params=['in process', 'live'])
-def kitchen_either(request):
-    """The kitchen product through the in-process client, then through a real server."""
-    if request.param == 'in process':
-        with client(KITCHEN):
-            yield request.param
-    else:
-        yield request.getfixturevalue('kitchen')
-
-
 def test_the_same_tests_pass_in_process_and_live(kitchen_either):
     test('things', 'create', {'id': 1, 'user': {'city': 'Oslo'}}, 200,
          {'id': 1, 'name': 'anonymous', 'city': 'Oslo'})

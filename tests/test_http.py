@@ -6,19 +6,9 @@ import json
 import pytest
 
 from apiphant.test import call, config, serve, test
-from support import EXAMPLE, post, raw_exchange
+from support import EXAMPLE, Connection, exchange, http_request, log_has, wait_for
 
 ERROR_NOT_OBJECT = {'error': 'Request content should be JSON Object'}
-
-
-def exchange(server, method, path, body=b'', headers=None):
-    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        reply = connection.getresponse()
-        return reply.status, dict(reply.getheaders()), reply.read()
-    finally:
-        connection.close()
 
 
 def test_the_seed_echo(example):
@@ -27,11 +17,11 @@ def test_the_seed_echo(example):
 
 
 def test_response_is_json_with_content_type_and_exact_bytes(example):
-    status, headers, body = exchange(example, 'POST', '/api/v0/echo/read', b'{"hello": "world"}')
-    assert status == 200
-    assert headers['Content-Type'] == 'application/json'
-    assert body == b'{"hello": "world", "server": "myproduct"}'
-    assert 'Date' in headers
+    answer = exchange(example.port, http_request('POST', '/api/v0/echo/read', b'{"hello": "world"}'))
+    assert answer.status == 200
+    assert answer.headers['content-type'] == 'application/json'
+    assert answer.body == b'{"hello": "world", "server": "myproduct"}'
+    assert 'date' in answer.headers
 
 
 def test_nested_targets_and_versions(kitchen):
@@ -57,22 +47,26 @@ def test_nested_targets_and_versions(kitchen):
     '/',
 ])
 def test_unknown_routes_are_404_json(kitchen, path):
-    status, headers, body = exchange(kitchen, 'POST', path, b'{}')
-    assert (status, json.loads(body)) == (404, {'error': '404 Not Found'})
-    assert headers['Content-Type'] == 'application/json'
+    answer = exchange(kitchen.port, http_request('POST', path, b'{}'))
+    assert (answer.status, answer.json()) == (404, {'error': '404 Not Found'})
+    assert answer.headers['content-type'] == 'application/json'
 
 
 @pytest.mark.parametrize('method', ['GET', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'])
 def test_other_methods_are_405_with_allow(kitchen, method):
-    status, headers, body = exchange(kitchen, method, '/api/v0/things/read')
-    assert status == 405
-    assert headers['Allow'] == 'POST'
-    assert json.loads(body) == {'error': '405 Method Not Allowed'}
+    answer = exchange(kitchen.port, http_request(method, '/api/v0/things/read'))
+    assert answer.status == 405
+    assert answer.headers['allow'] == 'POST'
+    assert answer.json() == {'error': '405 Method Not Allowed'}
 
 
 def test_head_is_405_without_body(kitchen):
-    status, headers, body = exchange(kitchen, 'HEAD', '/api/v0/things/read')
-    assert (status, headers['Allow'], body) == (405, 'POST', b'')
+    with Connection(kitchen.port) as connection:
+        connection.send(http_request('HEAD', '/api/v0/things/read', framing=None),
+                        http_request('POST', '/api/v0/process/read'))
+        answer = connection.answer(head=True)
+        assert (answer.status, answer.headers['allow'], answer.body) == (405, 'POST', b'')
+        assert connection.answer().status == 200  # so the HEAD's answer had no body at all
 
 
 def test_empty_body_is_an_empty_object(kitchen):
@@ -119,10 +113,9 @@ def test_validation_errors_reach_the_client(kitchen):
 
 @pytest.mark.parametrize('code', [400, 401, 403, 409, 418, 422, 429, 500, 503, 599])
 def test_api_error_any_status(kitchen, code):
-    status, headers, body = exchange(kitchen, 'POST', '/api/v0/things/update',
-                                     json.dumps({'code': code}).encode())
-    assert status == code
-    assert json.loads(body)['error'].startswith(f'{code} ')
+    answer = exchange(kitchen.port, http_request('POST', '/api/v0/things/update', json.dumps({'code': code})))
+    assert answer.status == code
+    assert answer.json()['error'].startswith(f'{code} ')
 
 
 def test_api_error_with_text(kitchen):
@@ -136,61 +129,55 @@ def test_none_result_is_empty_object(kitchen):
 @pytest.mark.parametrize('mode', ['list', 'crash', 'nan', 'missing-attribute'])
 def test_unexpected_results_and_exceptions_are_500_without_details(kitchen, mode):
     request = {} if mode == 'missing-attribute' else {'mode': mode}
-    status, headers, body = exchange(kitchen, 'POST', '/api/v0/things/delete', json.dumps(request))
-    assert (status, json.loads(body)) == (500, {'error': '500 Internal Server Error'})
-    assert b'secret' not in body and b'Traceback' not in body
+    answer = exchange(kitchen.port, http_request('POST', '/api/v0/things/delete', json.dumps(request)))
+    assert (answer.status, answer.json()) == (500, {'error': '500 Internal Server Error'})
+    assert b'secret' not in answer.body and b'Traceback' not in answer.body
 
 
 def test_500_traceback_and_path_go_to_the_log(kitchen):
     call('things', 'delete', {'mode': 'crash'})
-    log = ''.join(kitchen.log)
-    assert '500 on /api/v0/things/delete' in log
-    assert 'RuntimeError: secret detail' in log
+    wait_for(lambda: log_has(kitchen, 'RuntimeError: secret detail'))  # the log is read by a thread
+    assert log_has(kitchen, '500 on /api/v0/things/delete')
 
 
 def test_raw_environ_any_method_and_body(kitchen):
     for method in ('GET', 'PUT', 'POST'):
-        status, headers, body = exchange(kitchen, method, '/api/v0/raw/read', b'12345')
-        assert (status, json.loads(body)) == (200, {'method': method, 'length': 5})
+        answer = exchange(kitchen.port, http_request(method, '/api/v0/raw/read', b'12345'))
+        assert (answer.status, answer.json()) == (200, {'method': method, 'length': 5})
 
 
 def test_raw_response_gets_parsed_request(kitchen):
-    status, headers, body = exchange(kitchen, 'POST', '/api/v0/raw/create', b'{"x": "yz"}')
-    assert (status, headers['Content-Type'], body) == (200, 'text/plain', b'plain yz')
-    status, headers, body = exchange(kitchen, 'GET', '/api/v0/raw/create')
-    assert status == 405
+    answer = exchange(kitchen.port, http_request('POST', '/api/v0/raw/create', b'{"x": "yz"}'))
+    assert (answer.status, answer.headers['content-type'], answer.body) == (200, 'text/plain', b'plain yz')
+    assert exchange(kitchen.port, http_request('GET', '/api/v0/raw/create')).status == 405
 
 
 def test_raw_environ_and_raw_response_together(kitchen):
-    status, headers, body = exchange(kitchen, 'PUT', '/api/v0/raw/update', b'anything')
-    assert (status, headers['Content-Type'], body) == (200, 'text/csv', b'method,PUT')
+    answer = exchange(kitchen.port, http_request('PUT', '/api/v0/raw/update', b'anything'))
+    assert (answer.status, answer.headers['content-type'], answer.body) == (200, 'text/csv', b'method,PUT')
 
 
 def test_body_limit_by_content_length_is_413_before_reading(kitchen):
     # A claimed 2 MiB body, none of it sent: the answer comes at once, and the connection closes.
-    request = post('/api/v0/things/create', b'', ['Content-Length: 2097152'])
-    request = request.replace(b'Content-Length: 0\r\n', b'')
-    reply = raw_exchange(kitchen.port, request)
-    assert reply.startswith(b'HTTP/1.1 413 ')
-    assert reply.endswith(b'{"error": "413 Request Entity Too Large"}')
-    assert b'Connection: close' in reply
+    with Connection(kitchen.port) as connection:
+        connection.send(http_request('POST', '/api/v0/things/create', headers=[('Content-Length', 2097152)],
+                                     framing=None))
+        answer = connection.answer()
+        assert (answer.status, answer.json()) == (413, {'error': '413 Request Entity Too Large'})
+        assert answer.headers['connection'] == 'close'
+        assert connection.closes()
 
 
 def test_body_limit_for_chunked_bodies(kitchen):
-    chunk = b'x' * 65536
-    chunks = b''.join(b'%x\r\n%s\r\n' % (len(chunk), chunk) for _ in range(40)) + b'0\r\n\r\n'
-    head = (b'POST /api/v0/things/create HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n')
-    reply = raw_exchange(kitchen.port, head + chunks)
-    assert reply.startswith(b'HTTP/1.1 413 ')
+    request = http_request('POST', '/api/v0/things/create', [b'x' * 65536] * 40, framing='chunked')
+    assert exchange(kitchen.port, request).status == 413
 
 
 def test_chunked_body_within_limit(example):
     body = b'{"hello": "chunks"}'
-    head = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n'
-    reply = raw_exchange(example.port, head + b'5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n' % (
-        body[:5], len(body) - 5, body[5:]))
-    assert reply.startswith(b'HTTP/1.1 200 ')
-    assert reply.endswith(b'{"hello": "chunks", "server": "myproduct"}')
+    answer = exchange(example.port, http_request('POST', '/api/v0/echo/read', [body[:5], body[5:]],
+                                                 framing='chunked'))
+    assert (answer.status, answer.body) == (200, b'{"hello": "chunks", "server": "myproduct"}')
 
 
 def test_max_body_option():
@@ -200,11 +187,11 @@ def test_max_body_option():
 
 
 def test_bad_content_length_is_400(kitchen):
-    for value in (b'abc', b'-5', b'1, 2'):
-        request = post('/api/v0/echo/read', b'{}').replace(b'Content-Length: 2', b'Content-Length: ' + value)
-        reply = raw_exchange(kitchen.port, request)
-        assert reply.startswith(b'HTTP/1.1 400 '), reply
-        assert reply.endswith(b'}')
+    for value in ('abc', '-5', '1, 2'):
+        answer = exchange(kitchen.port, http_request('POST', '/api/v0/echo/read', b'{}',
+                                                     headers=[('Content-Length', value)], framing=None))
+        assert answer.status == 400, answer
+        assert 'error' in answer.json()
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(example):
@@ -219,27 +206,28 @@ def test_keep_alive_serves_many_requests_on_one_connection(example):
 
 
 def test_pipelined_requests_are_answered_in_order(example):
-    one = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n{"n": 1}'
-    two = b'POST /api/v0/echo/read HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{"n": 2}'
-    reply = raw_exchange(example.port, one + two)
-    assert reply.count(b'HTTP/1.1 200 OK') == 2
-    assert reply.index(b'"n": 1') < reply.index(b'"n": 2')
+    with Connection(example.port) as connection:
+        connection.send(*(http_request('POST', '/api/v0/echo/read', b'{"n": %d}' % n) for n in (1, 2)))
+        assert [connection.answer().json() for _ in range(2)] == [{'n': 1, 'server': 'myproduct'},
+                                                                  {'n': 2, 'server': 'myproduct'}]
 
 
 def test_http_1_0_closes(example):
-    reply = raw_exchange(example.port, b'POST /api/v0/echo/read HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}')
-    assert reply.startswith(b'HTTP/1.1 200 ') and reply.endswith(b'{"server": "myproduct"}')
+    with Connection(example.port) as connection:
+        connection.send(http_request('POST', '/api/v0/echo/read', b'{}', version='HTTP/1.0', host=None))
+        answer = connection.answer()
+        assert (answer.status, answer.json()) == (200, {'server': 'myproduct'})
+        assert connection.closes()
 
 
 def test_malformed_request_line_is_a_json_400(example):
-    reply = raw_exchange(example.port, b'BLAH\r\n\r\n')
-    assert reply.startswith(b'HTTP/1.1 400 ')
-    assert reply.endswith(b'{"error": "400 Bad Request"}')
+    answer = exchange(example.port, b'BLAH\r\n\r\n')
+    assert (answer.status, answer.json()) == (400, {'error': '400 Bad Request'})
 
 
 def test_access_log_line_per_request_without_body(example):
     test('echo', 'read', {'hello': 'secret-body-text'}, 200)
+    wait_for(lambda: log_has(example, ' POST /api/v0/echo/read 200 '))  # the log is read by a thread
     lines = [line for line in example.log if ' POST /api/v0/echo/read 200 ' in line]
-    assert lines
     assert all('secret-body-text' not in line for line in example.log)
     assert lines[-1].rstrip().endswith('ms')

@@ -17,10 +17,10 @@ import time
 import pytest
 
 from apiphant.test import serve, test
-from support import EXAMPLE, KITCHEN, log_has, post, wait_for
+from support import EXAMPLE, KITCHEN, Connection, http_request, log_has, wait_for
 
 ECHO = '/api/v0/echo/read'
-KEEP_ALIVE_ECHO = post(ECHO, b'{"hello": "world"}').replace(b'Connection: close\r\n', b'')
+KEEP_ALIVE_ECHO = http_request('POST', ECHO, b'{"hello": "world"}')
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -60,7 +60,7 @@ def test_slowloris_connections_are_closed_and_others_keep_being_served():
     """2,000 clients sending a header byte a second are cut at the request timeout (3 s here);
     meanwhile a normal client is answered within 1 s every time (typically in milliseconds)."""
     timeout, count = 3.0, 2000
-    header = post(ECHO, b'{}')
+    header = http_request('POST', ECHO, b'{}')
     with serve(EXAMPLE, '--request-timeout', str(timeout), '--no-access-log') as server:
         slow = [connect(server.port) for _ in range(count)]
         started = time.monotonic()
@@ -103,15 +103,15 @@ def test_idle_keep_alive_connections_are_closed_and_their_descriptors_freed():
     with serve(EXAMPLE, '--idle-timeout', '2', '--no-access-log') as server:
         pid = server.process.pid
         before = open_fds(pid)
-        clients = [connect(server.port) for _ in range(1000)]
+        clients = [Connection(server.port) for _ in range(1000)]
         try:
             wait_for(lambda: open_fds(pid) >= 1000)  # (`before` may still count start-up's files)
-            for sock in clients:
-                sock.sendall(KEEP_ALIVE_ECHO)
-            for sock in clients:
-                assert sock.recv(65536).startswith(b'HTTP/1.1 200 OK')
-            for sock in clients:
-                assert sock.recv(1) == b''  # closed by the server after 2 idle seconds
+            for client in clients:
+                client.send(KEEP_ALIVE_ECHO)
+            for client in clients:
+                assert client.answer().status == 200
+            for client in clients:
+                assert client.closes()  # closed by the server after 2 idle seconds
             wait_for(lambda: open_fds(pid) <= before, timeout=10)
         finally:
             close_all(clients)
@@ -123,23 +123,22 @@ def test_more_connections_than_descriptors_are_queued_and_existing_ones_keep_wor
     the connections it has, and accepts the waiting ones when descriptors are free again."""
     with serve(EXAMPLE, '--no-access-log') as server:
         resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (128, 128))
-        kept = [connect(server.port) for _ in range(60)]
+        kept = [Connection(server.port) for _ in range(60)]
         extra = []
         try:
-            for sock in kept:
-                sock.sendall(KEEP_ALIVE_ECHO)
-                assert sock.recv(65536).startswith(b'HTTP/1.1 200 OK')
+            for connection in kept:
+                connection.send(KEEP_ALIVE_ECHO)
+                assert connection.answer().status == 200
             extra = [connect(server.port) for _ in range(300)]
             wait_for(lambda: log_has(server, 'Too many open files'))
             for _ in range(3):
-                for sock in kept:
-                    sock.sendall(KEEP_ALIVE_ECHO)
-                    assert sock.recv(65536).startswith(b'HTTP/1.1 200 OK')
+                for connection in kept:
+                    connection.send(KEEP_ALIVE_ECHO)
+                    assert connection.answer().status == 200
             close_all(extra)
-            fresh = connect(server.port)
-            fresh.sendall(post(ECHO, b'{}'))
-            assert fresh.recv(65536).startswith(b'HTTP/1.1 200 OK')
-            fresh.close()
+            with Connection(server.port) as fresh:
+                fresh.send(KEEP_ALIVE_ECHO)
+                assert fresh.answer().status == 200
         finally:
             close_all(kept + extra)
         assert sum('Too many open files' in line for line in server.log) == 1
@@ -225,11 +224,11 @@ def pipelined(sock, request, count, reply_size, batch=500):
 def test_memory_stays_flat_over_200000_requests():
     """RSS after 200,000 more requests is within 10% of RSS after a 20,000 request warm-up."""
     with serve(EXAMPLE, '--no-access-log') as server:
-        with connect(server.port) as sock:
-            sock.sendall(KEEP_ALIVE_ECHO)
-            reply_size = len(sock.recv(65536))
-            pipelined(sock, KEEP_ALIVE_ECHO, 20_000, reply_size)
+        with Connection(server.port) as connection:
+            connection.send(KEEP_ALIVE_ECHO)
+            reply_size = connection.answer().size
+            pipelined(connection.sock, KEEP_ALIVE_ECHO, 20_000, reply_size)
             warm = rss_kib(server.process.pid)
-            pipelined(sock, KEEP_ALIVE_ECHO, 200_000, reply_size)
+            pipelined(connection.sock, KEEP_ALIVE_ECHO, 200_000, reply_size)
             after = rss_kib(server.process.pid)
         assert after <= warm * 1.10, f'RSS grew from {warm} KiB to {after} KiB'

@@ -1,14 +1,18 @@
 """`apiphant new`: a product whose own tests pass at once, its name filled in everywhere."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from support import ROOT
+from apiphant import __version__
+from apiphant.test import serve, test
 
-ANSIBLE = Path(sys.executable).parent / 'ansible'
+BIN = Path(sys.executable).parent
 
 
 def new(name, cwd):
@@ -27,9 +31,9 @@ def shop(tmp_path_factory):
 
 def test_new_writes_a_product_its_tests_and_a_deploy_inventory(shop):
     files = sorted(str(path.relative_to(shop)) for path in shop.rglob('*') if path.is_file())
-    assert files == ['.gitignore', 'README.md', 'deploy/inventory.ini', 'pytest.ini', 'requirements.txt',
-                     'shop/__init__.py', 'shop/api/__init__.py', 'shop/api/v0/__init__.py',
-                     'shop/api/v0/echo.py', 'tests/test_echo.py']
+    assert files == ['.gitignore', 'README.md', 'deploy/ansible.cfg', 'deploy/fabfile.py', 'deploy/inventory.ini',
+                     'deploy/requirements.yml', 'pytest.ini', 'requirements.txt', 'shop/__init__.py',
+                     'shop/api/__init__.py', 'shop/api/v0/__init__.py', 'shop/api/v0/echo.py', 'tests/test_echo.py']
     for path in shop.rglob('*'):
         if path.is_file():
             text = path.read_text()
@@ -45,20 +49,49 @@ def test_the_new_products_tests_pass_at_once(shop):
     assert '5 passed' in result.stdout
 
 
+def test_the_commands_find_the_package_from_where_new_ran_and_from_inside(shop):
+    """`apiphant new shop` makes shop/shop/api: `shop` (beside it) and `.` (inside) both mean it."""
+    for product, cwd in (('shop', shop.parent), ('.', shop)):
+        routes = subprocess.run([sys.executable, '-m', 'apiphant', 'routes', product], cwd=cwd,
+                                capture_output=True, text=True, timeout=60)
+        assert routes.returncode == 0, routes.stderr
+        assert routes.stdout.startswith('POST /api/v0/echo/read')
+        openapi = subprocess.run([sys.executable, '-m', 'apiphant', 'openapi', product], cwd=cwd,
+                                 capture_output=True, text=True, timeout=60)
+        assert openapi.returncode == 0, openapi.stderr
+        assert json.loads(openapi.stdout)['info']['title'] == 'shop'
+    with serve(shop):
+        test('echo', 'read', {'hello': 'world'}, 200, {'hello': 'world', 'server': 'shop'})
+
+
 def test_the_deploy_inventory_points_at_the_product_wherever_it_is(shop):
     """The paths are relative to the inventory itself, so the folder can move."""
     variables = {}
     for name in ('product_name', 'product_source', 'product_requirements', 'apiphant_package'):
-        result = subprocess.run(
-            [ANSIBLE, 'all', '-i', 'deploy/inventory.ini', '-c', 'local', '-m', 'ansible.builtin.debug',
-             '-a', f'msg={{{{ {name} }}}}', '-o'], cwd=shop, capture_output=True, text=True, timeout=120,
-            env={'ANSIBLE_CONFIG': str(ROOT / 'playbooks' / 'ansible.cfg'), 'PATH': '/usr/bin:/bin'})
+        result = subprocess.run(  # the inventory named by deploy/ansible.cfg, as fab and Ansible use it there
+            [BIN / 'ansible', 'all', '-c', 'local', '-m', 'ansible.builtin.debug', '-a', f'msg={{{{ {name} }}}}',
+             '-o'], cwd=shop / 'deploy', capture_output=True, text=True, timeout=120, env={'PATH': '/usr/bin:/bin'})
         assert result.returncode == 0, result.stdout + result.stderr
         variables[name] = result.stdout.split('"msg": "')[1].split('"')[0]
     assert variables['product_name'] == 'shop'
     assert Path(variables['product_source']).resolve() == (shop / 'shop').resolve()
     assert Path(variables['product_requirements']).resolve() == (shop / 'requirements.txt').resolve()
-    assert variables['apiphant_package'].startswith('apiphant==')
+    assert variables['apiphant_package'] == f'apiphant=={__version__}'
+
+
+def test_the_deploy_folder_names_the_collection_and_loads_the_fabric_tasks(shop):
+    required = yaml.safe_load((shop / 'deploy' / 'requirements.yml').read_text())
+    assert required == {'collections': [{'name': 'apiphant.deploy', 'version': __version__}]}
+    listed = subprocess.run([BIN / 'fab', '--list'], cwd=shop / 'deploy', capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert re.findall(r'^  (\w+) ', listed.stdout, re.M) == ['deploy', 'logs', 'restart', 'rollback', 'status']
+
+
+def test_the_new_product_never_mentions_a_checkout_of_apiphant(shop):
+    mentions = [str(path.relative_to(shop)) for path in shop.rglob('*')
+                if path.is_file() and 'checkout' in path.read_text().lower()]
+    assert mentions == []
 
 
 def test_new_refuses_an_existing_folder_and_changes_nothing(tmp_path):

@@ -63,7 +63,11 @@ def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variable
 
 
 class PlaybookRun:
-    def __init__(self, result):
+    """A finished deploy command (ansible-playbook, fab): its exit status, output and recap."""
+
+    def __init__(self, command, cwd, env):
+        result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True,
+                                text=True, timeout=900)
         self.returncode = result.returncode
         self.output = result.stdout + result.stderr
 
@@ -90,9 +94,7 @@ def playbook(lab, product, ansible_env):
 
     def run(name, *args, hosts=None, **variables):
         inventory = write_inventory(lab, product, hosts or lab.hosts[:1], **variables)
-        result = subprocess.run([str(ANSIBLE_PLAYBOOK), '-i', str(inventory), name, *args],
-                                cwd=PLAYBOOKS, env=ansible_env, capture_output=True, text=True, timeout=900)
-        return PlaybookRun(result)
+        return PlaybookRun([ANSIBLE_PLAYBOOK, '-i', inventory, name, *args], PLAYBOOKS, ansible_env)
 
     return run
 
@@ -105,11 +107,15 @@ def fab(lab, product, ansible_env):
 
     def run(*args, inventory=single):
         env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
-        result = subprocess.run([str(Path(sys.executable).parent / 'fab'), *args], cwd=ROOT / 'deploy',
-                                env=env, capture_output=True, text=True, timeout=900)
-        return PlaybookRun(result)
+        return PlaybookRun([Path(sys.executable).parent / 'fab', *args], ROOT / 'deploy', env)
 
     return run
+
+
+@pytest.fixture(scope='session')
+def command():
+    """Run a deploy command as a user would: command([fab, 'deploy', host], cwd, env) -> PlaybookRun."""
+    return PlaybookRun
 
 
 @pytest.fixture(scope='session')

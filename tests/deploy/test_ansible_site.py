@@ -2,14 +2,13 @@
 
 import http.client
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
-PLAYBOOKS = Path(__file__).resolve().parents[2] / 'playbooks'
 ECHO = {'hello': 'world'}
+EXAMPLE_ECHO = Path(__file__).resolve().parents[2] / 'example' / 'myproduct' / 'api' / 'v0' / 'echo.py'
 
 
 def post(address, path, body, port=80):
@@ -28,7 +27,9 @@ def host(lab):
 
 
 @pytest.fixture(scope='module')
-def first_run(playbook):
+def first_run(playbook, product):
+    # The example's own echo, whatever release another module made of the shared product copy.
+    shutil.copy(EXAMPLE_ECHO, product / 'myproduct' / 'api' / 'v0' / 'echo.py')
     run = playbook('site.yml')
     assert run.returncode == 0, run.output
     return run
@@ -108,7 +109,10 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, produ
 
 
 @pytest.mark.parametrize('variable, value, message', [
-    ('api_ports', 'abc', 'api_ports=abc'),
+    # Ansible's role argument validation: the types.
+    ('api_ports', 'abc', "option ''api_ports'' is of type str and we were unable to convert to int"),
+    ('api_drain_timeout', 'soon', "argument ''api_drain_timeout'' is of type str and we were unable to convert to int"),
+    # The roles' own checks: what a type cannot say.
     ('api_ports', '[8001, 99999]', 'api_ports=[8001, 99999]'),
     ('product_source', '/nonexistent/product', 'product_source=/nonexistent/product'),
     ('product_name', 'My-Product', 'product_name=My-Product'),
@@ -116,11 +120,5 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, produ
 def test_a_bad_variable_fails_early_naming_it(first_run, playbook, host, variable, value, message):
     run = playbook('site.yml', **{variable: value})
     assert run.returncode != 0
-    assert message in run.output
+    assert message in ' '.join(run.output.split())  # as one line, however the YAML output wraps it
     assert run.recap()[host.name]['changed'] == 0
-
-
-def test_ansible_lint_is_clean():
-    result = subprocess.run([str(Path(sys.executable).parent / 'ansible-lint'), '--offline', '-q',
-                             'site.yml'], cwd=PLAYBOOKS, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr

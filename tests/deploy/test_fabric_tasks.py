@@ -1,4 +1,8 @@
-"""`fab deploy / rollback / restart / status / logs` on a test host; a release under load loses nothing."""
+"""`fab deploy / rollback / restart / status / logs` on a test host; a release under load loses nothing.
+
+Each test needs only the `deployed` fixture (the product released by `fab deploy`) and what it sets
+up itself, so any one of them runs alone, or in any order.
+"""
 
 import http.client
 import json
@@ -82,11 +86,19 @@ class Load(threading.Thread):
         self.join(60)
 
 
-def test_deploy_by_positional_host_prints_its_steps(fab, host, playbook):
+@pytest.fixture(scope='module')
+def deployed(fab, host, echo_file):
+    """The product released by `fab deploy HOST` (positional host), its echo answering 'deployed'."""
+    release_as(echo_file, 'deployed')
     run = fab('deploy', host.address)
     assert run.returncode == 0, run.output
-    assert f'[{host.name}] checking SSH' in run.output
-    assert f'[{host.name}] deploy: done' in run.output
+    return run
+
+
+def test_deploy_by_positional_host_prints_its_steps(deployed, host):
+    assert f'[{host.name}] checking SSH' in deployed.output
+    assert f'[{host.name}] deploy: done' in deployed.output
+    assert served_by(host) == (200, 'deployed')
 
 
 def logs_of(lab, host):
@@ -96,7 +108,7 @@ def logs_of(lab, host):
                     f"grep -hv ' POST ' {log}/api-*.log | tail -n 20", key=lab.key, check=False).stdout
 
 
-def test_a_release_under_load_loses_no_request(lab, fab, host, echo_file):
+def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_file):
     release_as(echo_file, 'release under load')
     load = Load(host)
     load.start()
@@ -113,7 +125,9 @@ def test_a_release_under_load_loses_no_request(lab, fab, host, echo_file):
     assert served_by(host) == (200, 'release under load')
 
 
-def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restores(fab, host, echo_file):
+def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restores(deployed, fab, host,
+                                                                                   echo_file):
+    serving = served_by(host)
     good = echo_file.read_text()
     echo_file.write_text('import a_module_that_does_not_exist\n' + good)
     try:
@@ -122,7 +136,7 @@ def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restor
         echo_file.write_text(good)
     assert run.returncode != 0
     assert f'[{host.name}] deploy failed at task "supervisor : Restart the API process on port 8001"' in run.output
-    assert served_by(host) == (200, 'release under load')  # port 8002 still runs the old release
+    assert served_by(host) == serving  # port 8002 still runs the old release
 
     run = fab('rollback', host.address)
     assert run.returncode == 0, run.output
@@ -130,10 +144,11 @@ def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restor
     assert status.returncode == 0, status.output
     assert status.output.count('RUNNING') >= 3 and 'FATAL' not in status.output and 'BACKOFF' not in status.output
     assert len([line for line in status.output.splitlines() if line.startswith('  * ')]) == 1
-    assert served_by(host) == (200, 'release under load')
+    assert served_by(host) == serving
 
 
-def test_restart_is_rolling_and_logs_show_the_traffic(fab, host):
+def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):
+    assert served_by(host)[0] == 200  # traffic for the logs to show
     run = fab('restart', host.address)
     assert run.returncode == 0, run.output
     assert run.output.index('port 8001') < run.output.index('port 8002')

@@ -1,0 +1,223 @@
+"""Day-to-day deploy tasks (Fabric 3). State changes live in the playbooks of the Ansible collection
+apiphant.deploy; these tasks drive them host by host and add what Ansible is clumsy at: status,
+logs, fast failure, one line per step.
+
+    fab deploy HOST          the site playbook on HOST: an inventory host's name or address
+                             (user@host:port works), or a group: `fab deploy all` rolls out host by
+                             host, the API hosts first, then the load balancers (in inventory order)
+    fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
+    fab rollback HOST        back to the previous release, one port at a time
+    fab restart HOST         rolling restart, one port at a time
+    fab status HOST          releases (current marked), supervisor programs, last log lines
+    fab logs HOST            the API, background and nginx logs (--follow to keep reading)
+
+Configuration (fabric.yaml beside the fabfile, or FABRIC_INVENTORY, FABRIC_PLAYBOOKS), paths
+relative to the fabfile's folder:
+
+    inventory   the Ansible inventory: the hosts and the product (default inventory.ini), so
+                nothing here knows the product
+    playbooks   the installed collection whose site, rollback and restart playbooks run
+                (default apiphant.deploy), or a folder holding site.yml, rollback.yml and
+                restart.yml, such as a checkout's playbooks/ (a value with a /)
+"""
+
+import json
+import re
+import shutil
+import sys
+from shlex import quote
+from pathlib import Path
+
+from fabric import Connection, task
+from invoke.exceptions import Exit
+
+CONNECT_TIMEOUT = 10
+# The configuration a fabfile gets from namespace(), before its fabric.yaml and the environment.
+DEFAULTS = {'inventory': 'inventory.ini', 'playbooks': 'apiphant.deploy'}
+
+
+def ansible_tool(name):
+    """The Ansible command installed beside this Python (a virtualenv), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise Exit(f'{name} not found: pip install "apiphant[deploy]"')
+    return found
+
+
+def configured_path(c, value):
+    """A path from the configuration: relative ones are relative to the fabfile's folder."""
+    return (Path(c.config.deploy_folder) / value).resolve()
+
+
+def inventory_path(c):
+    path = configured_path(c, c.config.inventory)
+    if not path.exists():
+        raise Exit(f'inventory {path} does not exist: write your hosts there, or name yours with '
+                   f'inventory: in fabric.yaml or FABRIC_INVENTORY')
+    return path
+
+
+def playbook_source(c, name):
+    """Where to run ansible-playbook and what to give it: a playbook of the installed collection
+    (apiphant.deploy.site), or NAME.yml in the playbooks folder."""
+    source = c.config.playbooks
+    if '/' not in source:
+        return Path(c.config.deploy_folder), f'{source}.{name}'
+    folder = configured_path(c, source)
+    if not (folder / f'{name}.yml').is_file():
+        raise Exit(f'no {name}.yml in {folder} (playbooks: in fabric.yaml or FABRIC_PLAYBOOKS)')
+    return folder, f'{name}.yml'
+
+
+def local(c, command, **options):
+    """Run a command on this machine, whether the task got a Connection (-H) or a plain Context."""
+    return (c.local if isinstance(c, Connection) else c.run)(command, **options)
+
+
+def step(host, text):
+    print(f'[{host}] {text}', flush=True)
+
+
+def inventory(c):
+    """The inventory as Ansible resolves it: {group: {'hosts': [...]}, '_meta': {'hostvars': ...}}."""
+    result = local(c, f'{quote(ansible_tool("ansible-inventory"))} -i {quote(str(inventory_path(c)))} --list',
+                   hide=True, warn=True)
+    if result.failed:
+        raise Exit(f'cannot read the inventory {inventory_path(c)}: {result.stderr.strip()}')
+    return json.loads(result.stdout)
+
+
+def targets(c, host):
+    """The hosts a task acts on: HOST (or Fabric's -H host), or every host of the group HOST names."""
+    if isinstance(c, Connection):  # fab -H: put back the user and port given with it, if any
+        host = c.original_host
+        if c.user != c.config.user:
+            host = f'{c.user}@{host}'
+        if c.port != c.config.port:
+            host = f'{host}:{c.port}'
+    listing = inventory(c)
+    hostvars = listing.get('_meta', {}).get('hostvars', {})
+    if host in listing:
+        return [Target(name, hostvars.get(name, {})) for name in group_hosts(listing, host)]
+    wanted = Connection(host)
+    for name, variables in hostvars.items():
+        if wanted.host in (name, variables.get('ansible_host')):
+            return [Target(name, variables, host)]
+    raise Exit(f'{host} is neither a host nor a group of {inventory_path(c)}')
+
+
+def group_hosts(listing, group):
+    """A group's hosts, its children's included, in inventory order, each once."""
+    members = listing.get(group, {})  # an empty group (like 'ungrouped') may not be listed at all
+    hosts = list(members.get('hosts', []))
+    for child in members.get('children', []):
+        hosts += [host for host in group_hosts(listing, child) if host not in hosts]
+    return hosts
+
+
+class Target:
+    """One API host: its inventory name and variables, and how to reach it over SSH."""
+
+    def __init__(self, name, variables, spec=''):
+        self.name = name
+        self.variables = variables
+        self.product = variables.get('product_name', '')
+        self.home = variables.get('product_home', f'/opt/{self.product}')
+        address = variables.get('ansible_host', name)
+        given = Connection(spec) if spec else None  # user@host:port, as on the command line
+        user = given.user if '@' in spec else variables.get('ansible_user')
+        port = given.port if re.search(r':\d+$', spec) else variables.get('ansible_port', 22)
+        key = variables.get('ansible_ssh_private_key_file')
+        self.overrides = {'ansible_user': user, 'ansible_port': port} if given else {}
+        self.connection = Connection(address, user=user, port=int(port), connect_timeout=CONNECT_TIMEOUT,
+                                     connect_kwargs={'key_filename': [key]} if key else {})
+
+    def run(self, command, **options):
+        return self.connection.run(command, hide=True, warn=True, in_stream=False, **options)
+
+
+def reach(target):
+    """Fail fast, naming the host, when it cannot be reached over SSH."""
+    step(target.name, 'checking SSH')
+    try:
+        target.run('true')
+    except Exception as error:  # paramiko and socket errors alike: all mean "cannot reach"
+        raise Exit(f'[{target.name}] cannot reach {target.connection.host}:{target.connection.port} '
+                   f'over SSH: {error}') from None
+
+
+def playbook(c, target, name, what):
+    """Run one playbook limited to this host; on failure name the host and the task that failed."""
+    folder, playbook_name = playbook_source(c, name)
+    step(target.name, f'{what}: ansible-playbook {playbook_name}')
+    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in target.overrides.items() if value)
+    result = local(c, f'cd {quote(str(folder))} && {quote(ansible_tool("ansible-playbook"))} '
+                      f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra} '
+                      f'{quote(playbook_name)}', warn=True, pty=False)
+    if f'the playbook: {playbook_name} could not be found' in result.stderr:
+        raise Exit(f'[{target.name}] the Ansible collection {c.config.playbooks} is not installed: '
+                   f'ansible-galaxy collection install -r requirements.yml (or from the release\'s '
+                   f'tarball, ./apiphant-deploy-VERSION.tar.gz)')
+    if result.failed:
+        tasks = re.findall(r'^(?:TASK|RUNNING HANDLER) \[(.+?)\]', result.stdout, re.M)
+        failed_at = f' at task "{tasks[-1]}"' if tasks else ''
+        raise Exit(f'[{target.name}] {what} failed{failed_at} (ansible-playbook {playbook_name}, exit '
+                   f'{result.exited}); see the output above')
+    step(target.name, f'{what}: done')
+
+
+# Invoke makes a parameter positional only while it has no default, and then requires it; with
+# Fabric's -H the host comes from there instead, so HOST is positional only when -H is not given.
+HOSTS_FLAG = any(arg in ('-H', '--hosts') or arg.startswith(('--hosts=', '-H')) for arg in sys.argv[1:])
+host_task = task(positional=[] if HOSTS_FLAG else ['host'])
+
+
+def for_each(c, host, name, what):
+    for target in targets(c, host):
+        reach(target)
+        playbook(c, target, name, what)
+
+
+@host_task
+def deploy(c, host=None):
+    """Provision HOST (or each host of a group, one after another) and release the product there."""
+    for_each(c, host, 'site', 'deploy')
+
+
+@host_task
+def rollback(c, host=None):
+    """Switch HOST back to its previous release, restarting one port at a time."""
+    for_each(c, host, 'rollback', 'rollback')
+
+
+@host_task
+def restart(c, host=None):
+    """Restart the API processes of HOST one port at a time, each answering before the next."""
+    for_each(c, host, 'restart', 'rolling restart')
+
+
+@host_task
+def status(c, host=None):
+    """Releases (current marked with *), supervisor program states and the last log lines."""
+    for target in targets(c, host):
+        reach(target)
+        current = target.run(f'readlink {quote(target.home)}/current').stdout.strip().rsplit('/', 1)[-1]
+        releases = target.run(f'ls -1t {quote(target.home)}/releases').stdout.split()
+        step(target.name, 'releases (newest first, * current):')
+        for release in releases:
+            print(f'  {"*" if release == current else " "} {release}')
+        step(target.name, 'programs:')
+        print(target.run(f'supervisorctl status {quote(target.product + ":*")}').stdout.rstrip())
+        step(target.name, 'last log lines:')
+        print(target.run(f'tail -n 3 {quote(target.home)}/log/*.log').stdout.rstrip())
+
+
+@host_task
+def logs(c, host=None, lines=50, follow=False):
+    """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends)."""
+    for target in targets(c, host):
+        reach(target)
+        command = f'tail -n {int(lines)} {"-F " if follow else ""}{quote(target.home)}/log/*.log'
+        step(target.name, command)
+        target.connection.run(command, warn=True, in_stream=False)
