@@ -52,6 +52,11 @@ def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variable
         'product_requirements': product / 'requirements.txt',
         'apiphant_package': ROOT,
         'server_name': '_',
+        # The session's own wheels and release archives: ~/.cache/apiphant is shared with every other
+        # test session on the machine, whose apiphant wheel, built from another checkout, differs and
+        # would make a second run release again.
+        'release_wheelhouse': lab.workdir / 'cache' / 'wheels',
+        'release_archives': lab.workdir / 'cache' / 'releases',
         'ansible_ssh_private_key_file': lab.key,
         'ansible_ssh_common_args': "'" + ' '.join(testhost.ssh_options(lab.key)[2:]) + "'",
         **variables,
