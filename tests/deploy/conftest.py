@@ -86,15 +86,10 @@ class PlaybookRun:
 
 @pytest.fixture(scope='session')
 def ansible_env(lab):
-    """What ansible-playbook needs here: no colour, no host key prompts, SSH sockets in the lab, and a
-    HOME of the lab's own: the release role keeps its wheelhouse under HOME, and two labs running at
-    once from different checkouts would otherwise overwrite each other's apiphant wheel."""
+    """What ansible-playbook needs here: no colour, no host key prompts, SSH sockets in the lab."""
     control = lab.workdir / 'cp'
     control.mkdir(exist_ok=True)
-    home = testhost.CACHE / f'home-{testhost.PREFIX}'
-    home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, 'HOME': str(home), 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1',
-            'ANSIBLE_HOST_KEY_CHECKING': 'False',
+    return {**os.environ, 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
             'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control), 'ANSIBLE_CONFIG': str(PLAYBOOKS / 'ansible.cfg')}
 
 
