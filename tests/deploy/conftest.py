@@ -1,7 +1,6 @@
 """Fixtures of the deploy tests: a lab of throwaway Debian hosts and a way to run the playbooks."""
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -62,19 +61,6 @@ def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variable
     return path
 
 
-class PlaybookRun:
-    def __init__(self, result):
-        self.returncode = result.returncode
-        self.output = result.stdout + result.stderr
-
-    def recap(self):
-        """{host: {'ok': n, 'changed': n, 'failed': n, ...}} from the PLAY RECAP."""
-        hosts = {}
-        for host, counts in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', self.output, re.M):
-            hosts[host] = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', counts)}
-        return hosts
-
-
 @pytest.fixture(scope='session')
 def ansible_env(lab):
     """What ansible-playbook needs here: no colour, no host key prompts, SSH sockets in the lab."""
@@ -92,7 +78,7 @@ def playbook(lab, product, ansible_env):
         inventory = write_inventory(lab, product, hosts or lab.hosts[:1], **variables)
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), '-i', str(inventory), name, *args],
                                 cwd=PLAYBOOKS, env=ansible_env, capture_output=True, text=True, timeout=900)
-        return PlaybookRun(result)
+        return testhost.PlaybookRun(result)
 
     return run
 
@@ -107,7 +93,7 @@ def fab(lab, product, ansible_env):
         env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
         result = subprocess.run([str(Path(sys.executable).parent / 'fab'), *args], cwd=ROOT / 'deploy',
                                 env=env, capture_output=True, text=True, timeout=900)
-        return PlaybookRun(result)
+        return testhost.PlaybookRun(result)
 
     return run
 
