@@ -114,10 +114,15 @@ class Lab:
             self._libvirtd()
             self.home = self.workdir / 'vagrant.d'
             self.home.mkdir()
+            # A HOME of the lab's own: the release role keeps the controller's wheels under
+            # ~/.cache, which other deploy tests on the machine rewrite from their own checkouts;
+            # shared, a second provision would see a new release.
+            (self.workdir / 'home').mkdir()
             (self.home / 'Vagrantfile').write_text(HOME_VAGRANTFILE.format(
                 socket=self.workdir / 'sockets/libvirt-sock', pool=self.workdir / 'pool'))
             self.env = {
                 **os.environ, 'LC_ALL': 'C.UTF-8', 'PATH': f'{BIN}:{os.environ["PATH"]}',
+                'HOME': str(self.workdir / 'home'),
                 'VAGRANT_HOME': str(self.home), 'VAGRANT_CWD': str(project),
                 'VAGRANT_DOTFILE_PATH': str(self.workdir / 'dotfile'),
                 'VAGRANT_CHECKPOINT_DISABLE': '1', 'VAGRANT_BOX_UPDATE_CHECK_DISABLE': '1',
