@@ -1,7 +1,6 @@
 """Fixtures of the deploy tests: a lab of throwaway Debian hosts and a way to run the playbooks."""
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -67,21 +66,11 @@ def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variable
     return path
 
 
-class PlaybookRun:
-    """A finished deploy command (ansible-playbook, fab): its exit status, output and recap."""
-
-    def __init__(self, command, cwd, env):
-        result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True,
-                                text=True, timeout=900)
-        self.returncode = result.returncode
-        self.output = result.stdout + result.stderr
-
-    def recap(self):
-        """{host: {'ok': n, 'changed': n, 'failed': n, ...}} from the PLAY RECAP."""
-        hosts = {}
-        for host, counts in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', self.output, re.M):
-            hosts[host] = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', counts)}
-        return hosts
+def run_command(command, cwd, env):
+    """Run a deploy command (ansible-playbook, fab) to its end: a testhost.PlaybookRun."""
+    result = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=900)
+    return testhost.PlaybookRun(result)
 
 
 @pytest.fixture(scope='session')
@@ -99,7 +88,7 @@ def playbook(lab, product, ansible_env):
 
     def run(name, *args, hosts=None, **variables):
         inventory = write_inventory(lab, product, hosts or lab.hosts[:1], **variables)
-        return PlaybookRun([ANSIBLE_PLAYBOOK, '-i', inventory, name, *args], PLAYBOOKS, ansible_env)
+        return run_command([ANSIBLE_PLAYBOOK, '-i', inventory, name, *args], PLAYBOOKS, ansible_env)
 
     return run
 
@@ -112,7 +101,7 @@ def fab(lab, product, ansible_env):
 
     def run(*args, inventory=single):
         env = {**ansible_env, 'FABRIC_INVENTORY': str(inventory)}
-        return PlaybookRun([Path(sys.executable).parent / 'fab', *args], ROOT / 'deploy', env)
+        return run_command([Path(sys.executable).parent / 'fab', *args], ROOT / 'deploy', env)
 
     return run
 
@@ -120,7 +109,7 @@ def fab(lab, product, ansible_env):
 @pytest.fixture(scope='session')
 def command():
     """Run a deploy command as a user would: command([fab, 'deploy', host], cwd, env) -> PlaybookRun."""
-    return PlaybookRun
+    return run_command
 
 
 @pytest.fixture(scope='session')

@@ -15,6 +15,7 @@ Run as root. `python3 tests/deploy/testhost.py clean` removes what a crashed run
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -97,14 +98,19 @@ def debian_mirror():
     raise RuntimeError(f'no {SUITE} repository in `apt-get indextargets`: apt has no Debian mirror')
 
 
+def release_date():
+    """The Date: line of the Debian release apt last fetched: part of a cache key, so a cache made
+    from an older release of the mirror is not reused."""
+    lists = Path('/var/lib/apt/lists')
+    release = next(iter(sorted(lists.glob(f'*_dists_{SUITE}_InRelease'))), None)
+    return next((line for line in release.read_text(errors='replace').splitlines()
+                 if line.startswith('Date:')), '') if release else ''
+
+
 def rootfs_tarball(mirror):
     """A pristine debootstrap of Debian 12, cached; its name hashes every input, so a change of
     package list, mirror, format or the mirror's release date makes a new one."""
-    lists = Path('/var/lib/apt/lists')
-    release = next(iter(sorted(lists.glob(f'*_dists_{SUITE}_InRelease'))), None)
-    release_date = next((line for line in release.read_text(errors='replace').splitlines()
-                         if line.startswith('Date:')), '') if release else ''
-    key = hashlib.sha256(f'{FORMAT} {SUITE} {PACKAGES} {mirror} {release_date}'.encode()).hexdigest()[:16]
+    key = hashlib.sha256(f'{FORMAT} {SUITE} {PACKAGES} {mirror} {release_date()}'.encode()).hexdigest()[:16]
     tarball = CACHE / f'rootfs-{SUITE}-{key}.tar'
     if tarball.exists():
         return tarball
@@ -119,22 +125,25 @@ def rootfs_tarball(mirror):
 
 
 class Proxy:
-    """apt-cacher-ng on the bridge address: the Debian mirror, nothing else (ForceManaged)."""
+    """apt-cacher-ng on `address`: the Debian mirror, nothing else (ForceManaged), cached in
+    CACHE/`cache`. `passthrough` (a regular expression of host:port) lets CONNECT tunnels through to
+    those hosts, for clients that need more than apt (pip on a controller inside a namespace)."""
 
-    def __init__(self, workdir, mirror):
+    def __init__(self, workdir, mirror, address=GATEWAY, cache=APT_CACHE, passthrough=None):
         self.confdir = workdir / 'acng'
         self.confdir.mkdir()
-        (CACHE / APT_CACHE).mkdir(parents=True, exist_ok=True)
+        (CACHE / cache).mkdir(parents=True, exist_ok=True)
         # apt-cacher-ng runs as root here and writes its cache outside the repo, kept between runs.
         (self.confdir / 'acng.conf').write_text(
-            f'CacheDir: {CACHE / APT_CACHE}\nLogDir: {self.confdir}\nPort: {PROXY_PORT}\n'
-            f'BindAddress: {GATEWAY}\nForeGround: 1\nForceManaged: 1\nExThreshold: 30\n'
+            f'CacheDir: {CACHE / cache}\nLogDir: {self.confdir}\nPort: {PROXY_PORT}\n'
+            f'BindAddress: {address}\nForeGround: 1\nForceManaged: 1\nExThreshold: 30\n'
             f'Remap-debrep: /debian ; {mirror}\nPidFile: {self.confdir}/pid\n'
-            f'SocketPath: {self.confdir}/socket\n')
+            f'SocketPath: {self.confdir}/socket\n'
+            + (f'PassThroughPattern: {passthrough}\n' if passthrough else ''))
         self.log = (workdir / 'acng.out').open('w')
         self.process = subprocess.Popen(['/usr/sbin/apt-cacher-ng', '-c', str(self.confdir)],
                                         stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_port(GATEWAY, PROXY_PORT, 30, self.process)
+        wait_for_port(address, PROXY_PORT, 30, self.process)
 
     def stop(self):
         self.process.kill()
@@ -230,6 +239,21 @@ class Host:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         remove_host(self.name, self.root)
+
+
+class PlaybookRun:
+    """What a run of ansible-playbook (directly, through fab or through vagrant) did."""
+
+    def __init__(self, result):
+        self.returncode = result.returncode
+        self.output = result.stdout + result.stderr
+
+    def recap(self):
+        """{host: {'ok': n, 'changed': n, 'failed': n, ...}} from the PLAY RECAP."""
+        hosts = {}
+        for host, counts in re.findall(r'^(\S+)\s+:\s+(ok=.*)$', self.output, re.M):
+            hosts[host] = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', counts)}
+        return hosts
 
 
 def ssh_options(key):
