@@ -41,10 +41,10 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variables):
+def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), **variables):
     """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
     lines = []
-    for group, members in (('api', hosts), ('lb', lb)):
+    for group, members in (('api', hosts), ('lb', lb), ('background', background)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
                                    for host in members] + ['']
     values = {
@@ -121,7 +121,7 @@ def command():
 
 @pytest.fixture(scope='session')
 def inventory(lab, product):
-    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], api_ports='[8001]')."""
+    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], api_ports='[8001]')."""
     return lambda hosts, **options: write_inventory(lab, product, hosts, **options)
 
 
