@@ -5,9 +5,7 @@ breaks one saying whose it was) and its audit trail (`fab status` and `fab histo
 import os
 import shlex
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -96,30 +94,6 @@ def test_a_lock_from_elsewhere_is_named_then_broken_by_fab_unlock(deployed, fab,
     run = fab('deploy', host.address, inventory=blocked)
     assert run.returncode == 0, run.output
     assert set(served_on_ports(host).values()) == {'blocked'}
-
-
-def test_the_lock_of_a_killed_run_is_recognised_as_stale(deployed, fab, lab, product, inventory, host,
-                                                        ansible_env, served_on_ports):
-    killed = labelled(lab, product, 'killed', inventory, host)
-    run = subprocess.Popen([Path(sys.executable).parent / 'fab', 'deploy', host.address], cwd=ROOT / 'deploy',
-                           env={**ansible_env, 'FABRIC_INVENTORY': str(killed)}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not locked(lab, host) and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert locked(lab, host).endswith(' deploy')
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)  # fab and its ansible-playbook, as a closed terminal would
-        run.wait()
-    stale = locked(lab, host)
-    assert stale
-
-    rerun = fab('deploy', host.address, inventory=killed)
-    assert rerun.returncode == 0, rerun.output
-    assert f'took over the stale lock of a killed run: {stale}' in rerun.output
-    assert set(served_on_ports(host).values()) == {'killed'}
-    assert locked(lab, host) == ''
 
 
 def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deployed, fab, lab, product,
