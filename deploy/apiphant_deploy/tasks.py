@@ -8,7 +8,10 @@ logs, fast failure, one line per step.
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
-    fab status HOST          releases (current marked), supervisor programs, last log lines
+    fab unlock HOST          break the deploy lock a killed run left, saying whose it was
+    fab history HOST         the audit trail: every deploy, rollback, restart and unlock
+    fab status HOST          releases (current marked), supervisor programs, last log lines,
+                             the last lines of the audit trail
     fab logs HOST            the API, background and nginx logs (--follow to keep reading);
                              --request ID: every line of that request, in every port's log
 
@@ -23,8 +26,11 @@ relative to the fabfile's folder:
 """
 
 import json
+import os
+import pwd
 import re
 import shutil
+import socket
 import sys
 from shlex import quote
 from pathlib import Path
@@ -162,11 +168,19 @@ def playbook(c, target, name, what):
                    f'ansible-galaxy collection install -r requirements.yml (or from the release\'s '
                    f'tarball, ./apiphant-deploy-VERSION.tar.gz)')
     if result.failed:
-        tasks = re.findall(r'^(?:TASK|RUNNING HANDLER) \[(.+?)\]', result.stdout, re.M)
-        failed_at = f' at task "{tasks[-1]}"' if tasks else ''
+        task = failed_task(result.stdout)
+        failed_at = f' at task "{task}"' if task else ''
         raise Exit(f'[{target.name}] {what} failed{failed_at} (ansible-playbook {playbook_name}, exit '
                    f'{result.exited}); see the output above')
     step(target.name, f'{what}: done')
+
+
+def failed_task(output):
+    """The task that failed in ansible-playbook's output: the last one begun before the first failure,
+    not the ones that ran after it (releasing the deploy lock)."""
+    failure = re.search(r'^(?:fatal|failed): \[', output, re.M)
+    tasks = re.findall(r'^(?:TASK|RUNNING HANDLER) \[(.+?)\]', output[:failure.start()] if failure else output, re.M)
+    return tasks[-1] if tasks else ''
 
 
 # Invoke makes a parameter positional only while it has no default, and then requires it; with
@@ -213,6 +227,8 @@ def status(c, host=None):
         print(target.run(f'supervisorctl status {quote(target.product + ":*")}').stdout.rstrip())
         step(target.name, 'last log lines:')
         print(target.run(f'tail -n 3 {quote(target.home)}/log/*.log').stdout.rstrip())
+        step(target.name, 'last runs (fab history for all):')
+        print(target.run(f'tail -n 5 {quote(target.home)}/audit.log').stdout.rstrip() or '  (none yet)')
 
 
 @host_task
@@ -231,3 +247,48 @@ def logs(c, host=None, lines=50, follow=False, request=None):
         result = target.connection.run(command, warn=True, in_stream=False)
         if request and result.return_code == 1:
             step(target.name, f'no log line has request ID {request}')
+
+
+def lock_holder(line):
+    """The words of a deploy lock (written by the collection's lock role) as a person reads them."""
+    user, machine, pid, _, since, action = (line.split() + ['?'] * 6)[:6]
+    return f'{user} on {machine} since {since}, running {action} (pid {pid})'
+
+
+# Appends a line to the host's audit trail, in the product folder, as the lock role does: time, who ($2),
+# action ($3), release id (the current one), commit (none here), outcome ($4).
+AUDIT = ('printf "%s %s %s %s %s %s\\n" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$2" "$3" '
+         '"$(basename "$(readlink current)")" - "$4" >> audit.log')
+
+
+@host_task
+def unlock(c, host=None):
+    """Break the deploy lock of HOST (one a killed run left), saying whose it was; the audit trail
+    records it."""
+    me = f'{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}'
+    for target in targets(c, host):
+        reach(target)
+        lock = f'{target.home}/deploy.lock'
+        held = target.run(f'cat {quote(lock)}').stdout.strip()
+        if not held:
+            step(target.name, 'no deploy lock to break')
+            continue
+        user, machine = (held.split() + ['?', '?'])[:2]
+        # Under the lock role's flock of the folder, and only if the lock is still the one read.
+        script = f'cd "$1" && [ "$(cat deploy.lock)" = "$5" ] && rm deploy.lock && {AUDIT}'
+        result = target.run(f'flock {quote(target.home)} sh -c {quote(script)} unlock {quote(target.home)} '
+                            f'{quote(me)} unlock {quote(f"broke the lock of {user}@{machine}")} {quote(held)}')
+        if result.failed:
+            raise Exit(f'[{target.name}] cannot break the deploy lock {lock} (taken or released meanwhile?) '
+                       f'{result.stderr.strip()}')
+        step(target.name, f'broke the deploy lock of {lock_holder(held)}')
+
+
+@host_task
+def history(c, host=None):
+    """Every deploy, rollback, restart and unlock of HOST, oldest first: time, user@machine, action,
+    release, product commit, outcome."""
+    for target in targets(c, host):
+        reach(target)
+        step(target.name, 'audit trail (time, who, action, release, commit, outcome):')
+        print(target.run(f'cat {quote(target.home)}/audit.log').stdout.rstrip() or '  (none yet)')

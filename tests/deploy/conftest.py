@@ -1,6 +1,7 @@
 """Fixtures of the deploy tests: a lab of throwaway Debian hosts and a way to run the playbooks."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,10 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), **variables):
+def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), **variables):
     """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
     lines = []
-    for group, members in (('api', hosts), ('lb', lb)):
+    for group, members in (('api', hosts), ('lb', lb), ('background', background)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
                                    for host in members] + ['']
     values = {
@@ -114,5 +115,27 @@ def command():
 
 @pytest.fixture(scope='session')
 def inventory(lab, product):
-    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], api_ports='[8001]')."""
+    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], api_ports='[8001]')."""
     return lambda hosts, **options: write_inventory(lab, product, hosts, **options)
+
+
+# Asks every API port of a host which release answers: "PORT LABEL" lines.
+SERVED = '''
+import json, os, urllib.request
+for port in range(8001, 8001 + os.cpu_count()):
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/api/v0/echo/read', b'{}')
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        print(port, json.load(reply)['server'])
+'''
+
+
+@pytest.fixture(scope='session')
+def served_on_ports(lab):
+    """served_on_ports(host) -> {port: the server label its echo answers}, each API port asked on the
+    host (they listen on loopback), one per CPU as the playbooks' default api_ports."""
+
+    def ask(host):
+        answers = host.ssh(f'python3 -c {shlex.quote(SERVED)}', key=lab.key).stdout.splitlines()
+        return dict(line.split(' ', 1) for line in answers if line)
+
+    return ask

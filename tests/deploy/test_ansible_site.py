@@ -100,7 +100,7 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, produ
     echo.write_text(echo.read_text().replace("'myproduct'", "'myproduct, release 2'"))
     run = playbook('site.yml')
     assert run.returncode == 0, run.output
-    assert 'Restart the API process on port 8001' in run.output
+    assert 'Restart myproduct-api-8001' in run.output
     assert post(host.address, '/api/v0/echo/read', ECHO)[2]['server'] == 'myproduct, release 2'
     after = set(on_host(host, lab, 'ls /opt/myproduct/releases').split())
     assert before < after and len(after) == len(before) + 1

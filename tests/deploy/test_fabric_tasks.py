@@ -95,8 +95,9 @@ def deployed(fab, host, echo_file):
     return run
 
 
-def test_deploy_by_positional_host_prints_its_steps(deployed, host):
+def test_deploy_by_positional_host_prints_its_steps_and_no_warning(deployed, host):
     assert f'[{host.name}] checking SSH' in deployed.output
+    assert 'WARNING' not in deployed.output  # e.g. none for the [lb] group this inventory lacks
     assert f'[{host.name}] deploy: done' in deployed.output
     assert served_by(host) == (200, 'deployed')
 
@@ -118,7 +119,7 @@ def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_fi
         load.wait_for_more(50)  # some traffic after the release, for the checks below
         load.stop()
     assert run.returncode == 0, run.output
-    assert 'Restart the API process on port 8002' in run.output
+    assert 'Restart myproduct-api-8002' in run.output
     assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 200
     assert load.answers[-1] == 'release under load'
@@ -135,7 +136,7 @@ def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restor
     finally:
         echo_file.write_text(good)
     assert run.returncode != 0
-    assert f'[{host.name}] deploy failed at task "supervisor : Restart the API process on port 8001"' in run.output
+    assert f'[{host.name}] deploy failed at task "supervisor : Restart myproduct-api-8001"' in run.output
     assert served_by(host) == serving  # port 8002 still runs the old release
 
     run = fab('rollback', host.address)
@@ -151,7 +152,7 @@ def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):
     assert served_by(host)[0] == 200  # traffic for the logs to show
     run = fab('restart', host.address)
     assert run.returncode == 0, run.output
-    assert run.output.index('port 8001') < run.output.index('port 8002')
+    assert run.output.index('myproduct-api-8001') < run.output.index('myproduct-api-8002')
     logs = fab('logs', host.address, '--lines', '20')
     assert logs.returncode == 0, logs.output
     assert 'POST /api/v0/echo/read 200' in logs.output

@@ -1,7 +1,9 @@
-"""Several API hosts behind a load-balancer host: `fab deploy all` rolls out host by host."""
+"""Several API hosts behind a load-balancer host: `fab deploy all` rolls out host by host, and one API
+host runs the background tasks."""
 
 import http.client
 import json
+import threading
 
 import pytest
 
@@ -49,3 +51,57 @@ def test_api_hosts_listen_on_their_private_address_and_run_no_nginx(deployed, ro
         assert 'nginx' not in host.ssh('dpkg -l nginx 2>/dev/null | grep ^ii || true', key=lab.key).stdout
     assert ':80 ' in lb.ssh('ss -Hltn', key=lab.key).stdout
     assert 'apiphant' not in lb.ssh('ps -eo args', key=lab.key).stdout
+
+
+def background_runs(lab, host):
+    return 'apiphant-background' in host.ssh('ps -eo args', key=lab.key).stdout
+
+
+class Watch(threading.Thread):
+    """Which API hosts run the background tasks, asked in turn until stopped; `overlaps` holds every
+    time a host ran them both before and after another host was seen running them."""
+
+    def __init__(self, lab, hosts):
+        super().__init__(daemon=True)
+        self.lab, self.hosts = lab, hosts
+        self.stopped = threading.Event()
+        self.samples, self.overlaps = 0, []
+
+    def run(self):
+        seen = [background_runs(self.lab, host) for host in self.hosts]
+        while not self.stopped.is_set() and self.samples < 5000:
+            for index, host in enumerate(self.hosts):
+                before = list(seen)
+                seen[index] = background_runs(self.lab, host)
+                others = [other for other in range(len(self.hosts)) if other != index]
+                if seen[index] and before[index] and any(before[other] for other in others):
+                    self.overlaps.append(before)
+            self.samples += 1
+
+    def stop(self):
+        self.stopped.set()
+        self.join(60)
+
+
+def test_one_api_host_runs_the_background_tasks_and_moving_them_never_runs_two(deployed, fab, inventory,
+                                                                               roles, lab):
+    lb, api = roles
+    assert [background_runs(lab, host) for host in api] == [True, False]  # the first [api] host's
+    moved = inventory(api, file='moved.ini', lb=[lb], background=[api[1]], api_ports='[8001, 8002]')
+    watch = Watch(lab, api)
+    watch.start()
+    try:
+        # The new host first: it stops them on the old one before it starts them.
+        run = fab('deploy', api[1].name, inventory=moved)
+        assert run.returncode == 0, run.output
+        assert [background_runs(lab, host) for host in api] == [False, True]
+        run = fab('deploy', api[0].name, inventory=moved)
+        assert run.returncode == 0, run.output
+    finally:
+        watch.stop()
+    assert watch.samples > 10 and watch.overlaps == []
+    assert [background_runs(lab, host) for host in api] == [False, True]
+    assert 'background' not in api[0].ssh('supervisorctl avail', key=lab.key).stdout
+    run = fab('restart', api[0].name, inventory=moved)  # a restart starts none where there is none
+    assert run.returncode == 0, run.output
+    assert [background_runs(lab, host) for host in api] == [False, True]
