@@ -85,7 +85,7 @@ def test_the_deploy_folder_names_the_collection_and_loads_the_fabric_tasks(shop)
     listed = subprocess.run([BIN / 'fab', '--list'], cwd=shop / 'deploy', capture_output=True, text=True,
                             timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert re.findall(r'^  (\w+) ', listed.stdout, re.M) == ['deploy', 'logs', 'restart', 'rollback', 'status']
+    assert re.findall(r'^  (\w+) ', listed.stdout, re.M) == ['deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock']
 
 
 def test_the_new_product_never_mentions_a_checkout_of_apiphant(shop):
