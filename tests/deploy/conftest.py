@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def lab():
-    lab = testhost.Lab(count=4)  # one for the single-host tests; an [lb] and two [api] for the rest
+    # Four Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
+    # for the rest; one Debian 13 host booted by systemd, for the single-host tests and a reboot.
+    lab = testhost.Lab(count=4, systemd=1)
     yield lab
     lab.stop()
 

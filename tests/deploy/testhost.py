@@ -1,9 +1,11 @@
-"""Throwaway Debian 12 test hosts on this machine, reached over real SSH.
+"""Throwaway Debian test hosts on this machine, reached over real SSH.
 
-Each host is a network namespace on a private bridge (10.231.0.0/24, this machine at .1), a Debian
-rootfs from debootstrap (cached as a tarball, keyed by everything that goes into it), and a PID and
-mount namespace running a tiny init that starts sshd. A host reaches nothing but the bridge: apt
-goes through an apt-cacher-ng on 10.231.0.1 that proxies only the Debian mirror this machine uses.
+Each host is a network namespace on a private bridge (10.231.0.0/24, this machine at .1) and a Debian
+rootfs from debootstrap (cached as a tarball, keyed by everything that goes into it). A Host is
+Debian 12 in a PID and mount namespace running a tiny init that starts sshd; a SystemdHost is
+Debian 13 booted by systemd under systemd-nspawn, and can be rebooted. A host reaches nothing but
+the bridge: apt goes through an apt-cacher-ng on 10.231.0.1 that proxies only the Debian mirror
+this machine uses.
 
 Several test runs can share a machine, each in a lab of its own: APIPHANT_TEST_LAB=b names lab b
 (namespaces apiphant-b*, bridge apiphant-brb, 10.232.0.0/24, its own apt cache); any letter from
@@ -42,8 +44,10 @@ def lab_identity(name):
 # Every name this harness creates starts with PREFIX: netns, links, temp dirs.
 PREFIX, BRIDGE, SUBNET, APT_CACHE = lab_identity(os.environ.get('APIPHANT_TEST_LAB', ''))
 GATEWAY = f'{SUBNET}.1'
-SUITE = 'bookworm'
+SUITE = 'bookworm'  # the sh-init hosts' Debian; the systemd hosts run the next one
+SYSTEMD_SUITE = 'trixie'
 PACKAGES = 'openssh-server,python3,python3-apt,sudo,iproute2'
+SYSTEMD_PACKAGES = f'{PACKAGES},systemd,systemd-sysv,dbus'
 PROXY_PORT = 3142
 FORMAT = 2  # bump when the way a rootfs is made or configured changes
 
@@ -89,7 +93,8 @@ def can_make_namespaces():
 
 
 def debian_mirror():
-    """The Debian mirror apt already uses on this machine: the only place test hosts may reach."""
+    """The Debian mirror apt already uses on this machine (for SUITE; it serves every suite): the
+    only place test hosts may reach."""
     lines = run('apt-get', 'indextargets', '--format', '$(REPO_URI) $(RELEASE)').split('\n')
     for line in lines:
         uri, _, release = line.partition(' ')
@@ -100,24 +105,25 @@ def debian_mirror():
 
 def release_date():
     """The Date: line of the Debian release apt last fetched: part of a cache key, so a cache made
-    from an older release of the mirror is not reused."""
+    from an older release of the mirror is not reused. For SUITE, and for the other suites too (this
+    machine fetches no lists of theirs): a rootfs is remade when this machine's apt refreshes."""
     lists = Path('/var/lib/apt/lists')
     release = next(iter(sorted(lists.glob(f'*_dists_{SUITE}_InRelease'))), None)
     return next((line for line in release.read_text(errors='replace').splitlines()
                  if line.startswith('Date:')), '') if release else ''
 
 
-def rootfs_tarball(mirror):
-    """A pristine debootstrap of Debian 12, cached; its name hashes every input, so a change of
-    package list, mirror, format or the mirror's release date makes a new one."""
-    key = hashlib.sha256(f'{FORMAT} {SUITE} {PACKAGES} {mirror} {release_date()}'.encode()).hexdigest()[:16]
-    tarball = CACHE / f'rootfs-{SUITE}-{key}.tar'
+def rootfs_tarball(mirror, suite=SUITE, packages=PACKAGES):
+    """A pristine debootstrap of Debian `suite` with `packages`, cached; its name hashes every input,
+    so a change of suite, package list, mirror, format or the mirror's release date makes a new one."""
+    key = hashlib.sha256(f'{FORMAT} {suite} {packages} {mirror} {release_date()}'.encode()).hexdigest()[:16]
+    tarball = CACHE / f'rootfs-{suite}-{key}.tar'
     if tarball.exists():
         return tarball
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=PREFIX, dir=CACHE) as scratch:
         root = Path(scratch) / 'root'
-        run('debootstrap', '--variant=minbase', f'--include={PACKAGES}', SUITE, root, mirror)
+        run('debootstrap', '--variant=minbase', f'--include={packages}', suite, root, mirror)
         partial = Path(scratch) / 'rootfs.tar'
         run('tar', '-C', root, '--numeric-owner', '-cf', partial, '.')
         partial.rename(tarball)
@@ -168,46 +174,55 @@ def wait_for_port(host, port, timeout, process=None):
 
 class Host:
     """One test host: namespace `apiphant-tN`, address 10.231.0.(N+1) (in the default lab), root
-    over SSH with `key`."""
+    over SSH with `key`. This kind is Debian SUITE with a tiny init as PID 1 that starts only sshd."""
+
+    suite = SUITE
 
     def __init__(self, number, workdir, tarball, public_key):
         self.number = number
         self.name = f'{PREFIX}{number}'
         self.address = f'{SUBNET}.{number + 1}'
         self.root = workdir / self.name
+        self.workdir = workdir
         self.root.mkdir()
         run('tar', '-C', self.root, '--numeric-owner', '-xf', tarball)
         self._configure(public_key)
+        self._install_init()
         self._network()
-        self.process = subprocess.Popen(
-            ['ip', 'netns', 'exec', self.name, 'unshare', '--mount', '--pid', '--uts', '--ipc', '--fork',
-             '--kill-child', '--propagation', 'private', 'chroot', str(self.root), '/usr/local/sbin/init'],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.address, 22, 30, self.process)
+        self._boot()
 
     def _configure(self, public_key):
         etc = self.root / 'etc'
-        init = self.root / 'usr/local/sbin/init'
-        init.write_text(INIT)
-        init.chmod(0o755)
         (etc / 'hostname').write_text(f'{self.name}\n')
         (etc / 'hosts').write_text(f'127.0.0.1 localhost\n{self.address} {self.name}\n')
-        (etc / 'apt/sources.list').write_text(f'deb http://{GATEWAY}:{PROXY_PORT}/debian {SUITE} main\n')
+        (etc / 'apt/sources.list').write_text(f'deb http://{GATEWAY}:{PROXY_PORT}/debian {self.suite} main\n')
         # Package lists as stale as a long-installed host's, so the playbook must refresh them.
         lists = self.root / 'var/lib/apt/lists'
         for index in lists.glob('*_*'):
             index.unlink()
         os.utime(lists, (0, 0))
-        # Daemons start on install, as on a real host (the rootfs has no init system to do it).
-        policy = self.root / 'usr/sbin/policy-rc.d'
-        policy.write_text('#!/bin/sh\nexit 0\n')
-        policy.chmod(0o755)
         sshd_config = etc / 'ssh/sshd_config'
         sshd_config.write_text(sshd_config.read_text().replace('\nAcceptEnv', '\n#AcceptEnv')
                                + f'\nListenAddress {self.address}\nUseDNS no\n')
         ssh = self.root / 'root/.ssh'
         ssh.mkdir(mode=0o700, exist_ok=True)
         (ssh / 'authorized_keys').write_text(public_key)
+
+    def _install_init(self):
+        init = self.root / 'usr/local/sbin/init'
+        init.write_text(INIT)
+        init.chmod(0o755)
+        # Daemons start on install, as on a real host (the rootfs has no init system to do it).
+        policy = self.root / 'usr/sbin/policy-rc.d'
+        policy.write_text('#!/bin/sh\nexit 0\n')
+        policy.chmod(0o755)
+
+    def _boot(self):
+        self.process = subprocess.Popen(
+            ['ip', 'netns', 'exec', self.name, 'unshare', '--mount', '--pid', '--uts', '--ipc', '--fork',
+             '--kill-child', '--propagation', 'private', 'chroot', str(self.root), '/usr/local/sbin/init'],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.address, 22, 30, self.process)
 
     def _network(self):
         inside, outside = f'{self.name}c', f'{self.name}h'
@@ -241,6 +256,54 @@ class Host:
         remove_host(self.name, self.root)
 
 
+class SystemdHost(Host):
+    """A test host as a server really is: Debian SYSTEMD_SUITE booted by systemd as PID 1 under
+    systemd-nspawn, in the host's network namespace. Units start and are enabled as their packages
+    and the playbooks say, and the host can be rebooted."""
+
+    suite = SYSTEMD_SUITE
+    BOOT_TIMEOUT = 120
+
+    def _install_init(self):
+        """Nothing to add: the rootfs has systemd as /sbin/init, and its packages enabled sshd."""
+
+    def _boot(self):
+        self.console = (self.workdir / f'{self.name}.console').open('a')
+        self.process = subprocess.Popen(
+            ['systemd-nspawn', '--quiet', '--boot', f'--directory={self.root}', f'--machine={self.name}',
+             f'--network-namespace-path=/run/netns/{self.name}', '--link-journal=no', '--resolv-conf=off',
+             '--timezone=off', '--console=pipe',
+             # No machined or systemd on the test machine to register with or ask for a scope unit.
+             '--register=no', '--keep-unit'],
+            # systemd 256 and later boot only on the unified cgroup hierarchy, which nspawn gives the
+            # container on its own only where the machine has nothing else.
+            env={**os.environ, 'SYSTEMD_NSPAWN_UNIFIED_HIERARCHY': '1'},
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT)
+        wait_for_port(self.address, 22, self.BOOT_TIMEOUT, self.process)
+
+    def reboot(self, key):
+        """`systemctl reboot` on the host, as its admin would; nspawn ends the container asking for
+        a reboot (exit status 133), and the host boots again from the same root."""
+        self.ssh('systemctl', 'reboot', key=key, check=False)  # the connection may drop mid-way
+        status = self.process.wait(timeout=self.BOOT_TIMEOUT)
+        self.console.close()
+        if status != 133:
+            raise RuntimeError(f'{self.name} did not reboot: systemd-nspawn exited {status} '
+                               f'(console in {self.console.name})')
+        self._boot()
+
+    def stop(self):
+        # SIGTERM asks systemd for a clean poweroff; a container that hangs in it is killed.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=self.BOOT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.console.close()
+        remove_host(self.name, self.root)
+
+
 class PlaybookRun:
     """What a run of ansible-playbook (directly, through fab or through vagrant) did."""
 
@@ -269,15 +332,17 @@ def remove_host(name, root=None):
 
 
 class Lab:
-    """The bridge, the apt proxy and the hosts of one test session."""
+    """The bridge, the apt proxy and the hosts of one test session: `count` sh-init hosts in
+    `hosts`, then `systemd` systemd hosts in `systemd_hosts`."""
 
-    def __init__(self, count=1):
+    def __init__(self, count=1, systemd=0):
         clean()
         self.workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
-        self.hosts, self.proxy = [], None
+        self.hosts, self.systemd_hosts, self.proxy = [], [], None
         try:
             mirror = debian_mirror()
             tarball = rootfs_tarball(mirror)
+            systemd_tarball = rootfs_tarball(mirror, SYSTEMD_SUITE, SYSTEMD_PACKAGES) if systemd else None
             self.key = self.workdir / 'id_ed25519'
             run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'apiphant-tests', '-f', self.key)
             run('ip', 'link', 'add', BRIDGE, 'type', 'bridge')
@@ -287,12 +352,15 @@ class Lab:
             public_key = Path(f'{self.key}.pub').read_text()
             for number in range(1, count + 1):
                 self.hosts.append(Host(number, self.workdir, tarball, public_key))
+            for number in range(count + 1, count + systemd + 1):
+                self.systemd_hosts.append(SystemdHost(number, self.workdir, systemd_tarball, public_key))
         except BaseException:
             self.stop()
+            clean()  # a host that failed to boot is in no list yet: found by its namespace
             raise
 
     def stop(self):
-        for host in self.hosts:
+        for host in self.hosts + self.systemd_hosts:
             host.stop()
         if self.proxy is not None:
             self.proxy.stop()
