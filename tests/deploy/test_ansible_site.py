@@ -1,14 +1,29 @@
-"""`ansible-playbook site.yml` on a fresh Debian 12 test host, over real SSH."""
+"""`ansible-playbook site.yml` on a fresh host, over real SSH: a Debian 12 host with a shell as PID 1,
+and a Debian 13 host booted by systemd, which is rebooted to show the product comes back by itself."""
 
 import http.client
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 ECHO = {'hello': 'world'}
 EXAMPLE_ECHO = Path(__file__).resolve().parents[2] / 'example' / 'myproduct' / 'api' / 'v0' / 'echo.py'
+
+# Each system and the CPython its Debian ships.
+PYTHONS = {'bookworm-sh': '311', 'trixie-systemd': '313'}
+SYSTEMS = tuple(PYTHONS)
+# What runs on one of them only: the roles' checks of the variables stop the run on the controller
+# the same way on every system, and only systemd brings services up at boot.
+ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
+           'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
+
+
+def pytest_generate_tests(metafunc):
+    if 'system' in metafunc.fixturenames:
+        metafunc.parametrize('system', ONLY_ON.get(metafunc.function.__name__, SYSTEMS), scope='module')
 
 
 def post(address, path, body, port=80):
@@ -22,15 +37,21 @@ def post(address, path, body, port=80):
 
 
 @pytest.fixture(scope='module')
-def host(lab):
-    return lab.hosts[0]
+def host(lab, system):
+    return lab.hosts[0] if system == 'bookworm-sh' else lab.systemd_hosts[0]
 
 
 @pytest.fixture(scope='module')
-def first_run(playbook, product):
+def site(playbook, host):
+    """Run site.yml on this module's host: site(api_ports='[8001]')."""
+    return lambda *args, **variables: playbook('site.yml', *args, hosts=[host], **variables)
+
+
+@pytest.fixture(scope='module')
+def first_run(site, product):
     # The example's own echo, whatever release another module made of the shared product copy.
     shutil.copy(EXAMPLE_ECHO, product / 'myproduct' / 'api' / 'v0' / 'echo.py')
-    run = playbook('site.yml')
+    run = site()
     assert run.returncode == 0, run.output
     return run
 
@@ -87,18 +108,18 @@ def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host, l
     host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/log/x', key=lab.key)
 
 
-def test_a_second_run_changes_nothing(first_run, playbook, host):
-    run = playbook('site.yml')
+def test_a_second_run_changes_nothing(first_run, site, host):
+    run = site()
     assert run.returncode == 0, run.output
     recap = run.recap()[host.name]
     assert recap['changed'] == 0 and recap['failed'] == 0, run.output
 
 
-def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, product, host, lab):
+def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, host, lab):
     echo = product / 'myproduct' / 'api' / 'v0' / 'echo.py'
     before = set(on_host(host, lab, 'ls /opt/myproduct/releases').split())
     echo.write_text(echo.read_text().replace("'myproduct'", "'myproduct, release 2'"))
-    run = playbook('site.yml')
+    run = site()
     assert run.returncode == 0, run.output
     assert 'Restart myproduct-api-8001' in run.output
     assert post(host.address, '/api/v0/echo/read', ECHO)[2]['server'] == 'myproduct, release 2'
@@ -117,8 +138,44 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, playbook, produ
     ('product_source', '/nonexistent/product', 'product_source=/nonexistent/product'),
     ('product_name', 'My-Product', 'product_name=My-Product'),
 ])
-def test_a_bad_variable_fails_early_naming_it(first_run, playbook, host, variable, value, message):
-    run = playbook('site.yml', **{variable: value})
+def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, value, message):
+    run = site(**{variable: value})
     assert run.returncode != 0
     assert message in ' '.join(run.output.split())  # as one line, however the YAML output wraps it
     assert run.recap()[host.name]['changed'] == 0
+
+
+def test_the_virtualenv_has_wheels_for_the_hosts_own_python(first_run, host, lab, system):
+    version = on_host(host, lab, 'python3 -c "import sys; print(*sys.version_info[:2], sep=str())"').strip()
+    assert version == PYTHONS[system]
+    # Compiled for it, and only for it: the wheels of the other system's Python stay on the controller.
+    tags = set(on_host(host, lab, 'ls /opt/myproduct/wheels | grep -o "\\-cp3[0-9]*-" | sort -u').split())
+    assert tags == {f'-cp{version}-'}
+    module = on_host(host, lab, '/opt/myproduct/current/venv/bin/python -c '
+                                '"import gevent.libev.corecext as c; print(c.__file__)"')
+    assert f'.cpython-{version}-' in module
+
+
+def wait_for_answer(address, timeout):
+    """The echo's reply through nginx once the host answers it, asked until `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return post(address, '/api/v0/echo/read', ECHO)
+        except (OSError, http.client.HTTPException, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_the_product_answers_again_after_a_reboot(first_run, host, lab):
+    current = on_host(host, lab, 'readlink /opt/myproduct/current')
+    server = post(host.address, '/api/v0/echo/read', ECHO)[2]['server']
+    host.reboot(lab.key)
+    # Nobody touches the host: systemd starts nginx and Supervisor, Supervisor the product.
+    status, _, body = wait_for_answer(host.address, 120)
+    assert (status, body) == (200, {**ECHO, 'server': server})
+    assert on_host(host, lab, 'systemctl is-enabled nginx supervisor').split() == ['enabled', 'enabled']
+    assert on_host(host, lab, 'readlink /opt/myproduct/current') == current
+    log = on_host(host, lab, 'stat -c "%U %a" /opt/myproduct/log; ls /opt/myproduct/log').split()
+    assert log[:2] == ['myproduct', '755'] and 'api-8001.log' in log, log
