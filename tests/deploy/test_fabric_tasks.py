@@ -18,6 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ECHO = {'hello': 'world'}
 ECHO_PATH = '/api/v0/echo/read'
+# The product's readiness check (api/health.py), failing while the test's file exists on the host.
+NOT_READY = '/opt/myproduct/log/not-ready'
+HEALTH = f'''
+from pathlib import Path
+
+
+def check():
+    if Path({NOT_READY!r}).exists():
+        raise RuntimeError('the test made this port not ready')
+'''
 # Every API port's /metrics, asked on the host (the ports listen on its loopback): {port: text}.
 SCRAPE = '''
 import json, os, urllib.request
@@ -126,11 +136,17 @@ class Load(threading.Thread):
 
 @pytest.fixture(scope='module')
 def deployed(fab, host, echo_file):
-    """The product released by `fab deploy HOST` (positional host), its echo answering 'deployed'."""
+    """The product released by `fab deploy HOST` (positional host), its echo answering 'deployed', with
+    a readiness check that a test can make fail."""
     release_as(echo_file, 'deployed')
-    run = fab('deploy', host.address)
-    assert run.returncode == 0, run.output
-    return run
+    health = echo_file.parents[1] / 'health.py'
+    health.write_text(HEALTH)
+    try:
+        run = fab('deploy', host.address)
+        assert run.returncode == 0, run.output
+        yield run
+    finally:
+        health.unlink()  # (the product copy is the session's: other modules release it as the example is)
 
 
 def test_deploy_by_positional_host_prints_its_steps_and_no_warning(deployed, host):
@@ -194,6 +210,21 @@ def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):
     logs = fab('logs', host.address, '--lines', '20')
     assert logs.returncode == 0, logs.output
     assert 'POST /api/v0/echo/read 200' in logs.output
+
+
+def test_a_restart_waits_for_up_and_stops_at_a_port_that_is_not_ready(deployed, fab, lab, host):
+    """The process starts, but its readiness check fails: the restart stops at the first port, the
+    others keep serving."""
+    host.ssh(f'touch {NOT_READY}', key=lab.key)
+    try:
+        run = fab('restart', host.address)
+    finally:
+        host.ssh(f'rm -f {NOT_READY}', key=lab.key)
+    assert run.returncode != 0
+    assert ('failed at task "supervisor : Wait until GET /up answers 200 on the port of myproduct-api-8001"'
+            in run.output), run.output
+    assert 'Restart myproduct-api-8002' not in run.output
+    assert served_by(host)[0] == 200
 
 
 def test_an_unreachable_host_fails_fast_naming_it(fab, host):
