@@ -92,6 +92,15 @@ def test_api_ports_listen_on_loopback_only(first_run, host, lab):
         post(host.address, '/api/v0/echo/read', ECHO, port=8001)
 
 
+def test_without_api_metrics_the_ports_serve_no_metrics_and_the_extra_is_not_installed(first_run, host, lab):
+    ask = "import urllib.request as u; u.urlopen('http://127.0.0.1:8001/metrics', timeout=30)"
+    asked = host.ssh(f'python3 -c "{ask}"', key=lab.key, check=False)
+    assert asked.returncode != 0 and 'HTTP Error 404' in asked.stderr, asked.stderr
+    imported = host.ssh('/opt/myproduct/current/venv/bin/python -c "import prometheus_client"', key=lab.key,
+                        check=False)
+    assert imported.returncode != 0 and 'No module named' in imported.stderr
+
+
 def test_configuration_checks_pass(first_run, host, lab):
     host.ssh('nginx', '-t', key=lab.key)
     rotate = host.ssh('logrotate', '-d', '/etc/logrotate.d/myproduct', key=lab.key)
@@ -133,6 +142,7 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, 
     # Ansible's role argument validation: the types.
     ('api_ports', 'abc', "option ''api_ports'' is of type str and we were unable to convert to int"),
     ('api_drain_timeout', 'soon', "argument ''api_drain_timeout'' is of type str and we were unable to convert to int"),
+    ('api_metrics', 'maybe', "argument ''api_metrics'' is of type str and we were unable to convert to bool"),
     # The roles' own checks: what a type cannot say.
     ('api_ports', '[8001, 99999]', 'api_ports=[8001, 99999]'),
     ('product_source', '/nonexistent/product', 'product_source=/nonexistent/product'),

@@ -1,17 +1,49 @@
-"""`fab deploy / rollback / restart / status / logs` on a test host; a release under load loses nothing.
+"""`fab deploy / rollback / restart / status / logs` on a test host; a release under load loses nothing;
+with api_metrics, every API port serves /metrics and nginx does not.
 
 Each test needs only the `deployed` fixture (the product released by `fab deploy`) and what it sets
 up itself, so any one of them runs alone, or in any order.
 """
 
+import functools
 import http.client
 import json
+import shlex
 import threading
 import time
+import uuid
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ECHO = {'hello': 'world'}
+ECHO_PATH = '/api/v0/echo/read'
+# The product's readiness check (api/health.py), failing while the test's file exists on the host.
+NOT_READY = '/opt/myproduct/log/not-ready'
+HEALTH = f'''
+from pathlib import Path
+
+
+def check():
+    if Path({NOT_READY!r}).exists():
+        raise RuntimeError('the test made this port not ready')
+'''
+# Every API port's /metrics, asked on the host (the ports listen on its loopback): {port: text}.
+SCRAPE = '''
+import json, os, urllib.request
+scraped = {}
+for port in range(8001, 8001 + os.cpu_count()):
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=30) as reply:
+        scraped[port] = reply.read().decode()
+print(json.dumps(scraped))
+'''
+
+
+@pytest.fixture(scope='module')
+def fab(fab, inventory, lab):
+    """`fab` on the first lab host with api_metrics on: this module's deploys are also the test of
+    a deploy that serves metrics, with no host or deploy of its own."""
+    return functools.partial(fab, inventory=inventory(lab.hosts[:1], file='fab-metrics.ini', api_metrics='true'))
 
 
 @pytest.fixture(scope='module')
@@ -35,11 +67,27 @@ def release_as(echo_file, label):
 def served_by(host):
     connection = http.client.HTTPConnection(host.address, 80, timeout=30)
     try:
-        connection.request('POST', '/api/v0/echo/read', json.dumps(ECHO))
+        connection.request('POST', ECHO_PATH, json.dumps(ECHO))
         reply = connection.getresponse()
         return reply.status, json.loads(reply.read()).get('server')
     finally:
         connection.close()
+
+
+def through_nginx(host, requests):
+    """Send (method, path, headers) requests through nginx on one keep-alive connection (so one
+    nginx worker takes them in turn over the API ports): [(status, X-Request-ID)]."""
+    connection = http.client.HTTPConnection(host.address, 80, timeout=30)
+    answers = []
+    try:
+        for method, path, headers in requests:
+            connection.request(method, path, json.dumps(ECHO) if method == 'POST' else None, headers)
+            reply = connection.getresponse()
+            reply.read()
+            answers.append((reply.status, reply.getheader('X-Request-ID')))
+    finally:
+        connection.close()
+    return answers
 
 
 class Load(threading.Thread):
@@ -57,7 +105,7 @@ class Load(threading.Thread):
         while not self.stopped.is_set() and len(self.answers) < self.limit and time.monotonic() < self.deadline:
             connection = connection or http.client.HTTPConnection(self.host.address, 80, timeout=30)
             try:
-                connection.request('POST', '/api/v0/echo/read', json.dumps(ECHO))
+                connection.request('POST', ECHO_PATH, json.dumps(ECHO))
                 reply = connection.getresponse()
                 body = reply.read()
                 if reply.status == 200:
@@ -88,11 +136,17 @@ class Load(threading.Thread):
 
 @pytest.fixture(scope='module')
 def deployed(fab, host, echo_file):
-    """The product released by `fab deploy HOST` (positional host), its echo answering 'deployed'."""
+    """The product released by `fab deploy HOST` (positional host), its echo answering 'deployed', with
+    a readiness check that a test can make fail."""
     release_as(echo_file, 'deployed')
-    run = fab('deploy', host.address)
-    assert run.returncode == 0, run.output
-    return run
+    health = echo_file.parents[1] / 'health.py'
+    health.write_text(HEALTH)
+    try:
+        run = fab('deploy', host.address)
+        assert run.returncode == 0, run.output
+        yield run
+    finally:
+        health.unlink()  # (the product copy is the session's: other modules release it as the example is)
 
 
 def test_deploy_by_positional_host_prints_its_steps_and_no_warning(deployed, host):
@@ -158,6 +212,21 @@ def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):
     assert 'POST /api/v0/echo/read 200' in logs.output
 
 
+def test_a_restart_waits_for_up_and_stops_at_a_port_that_is_not_ready(deployed, fab, lab, host):
+    """The process starts, but its readiness check fails: the restart stops at the first port, the
+    others keep serving."""
+    host.ssh(f'touch {NOT_READY}', key=lab.key)
+    try:
+        run = fab('restart', host.address)
+    finally:
+        host.ssh(f'rm -f {NOT_READY}', key=lab.key)
+    assert run.returncode != 0
+    assert ('failed at task "supervisor : Wait until GET /up answers 200 on the port of myproduct-api-8001"'
+            in run.output), run.output
+    assert 'Restart myproduct-api-8002' not in run.output
+    assert served_by(host)[0] == 200
+
+
 def test_an_unreachable_host_fails_fast_naming_it(fab, host):
     started = time.monotonic()
     run = fab('status', f'root@{host.address}:2222')
@@ -166,3 +235,43 @@ def test_an_unreachable_host_fails_fast_naming_it(fab, host):
     assert time.monotonic() - started < 60
     run = fab('deploy', '10.231.0.250')
     assert run.returncode != 0 and '10.231.0.250 is neither a host nor a group' in run.output
+
+
+def test_logs_of_one_request_show_its_nginx_and_api_lines_on_every_port_and_no_other(deployed, fab, host):
+    """A client that sends one ID on four requests (a retried call, say): nginx takes them in turn
+    over the two ports, so the ID is in both ports' logs; other requests' lines must not show."""
+    wanted, others = f'trace-{uuid.uuid4().hex}', [f'other-{uuid.uuid4().hex}' for _ in range(2)]
+    echo = ('POST', ECHO_PATH)
+    answers = through_nginx(host, [(*echo, {'X-Request-ID': others[0]}), *[(*echo, {'X-Request-ID': wanted})] * 4,
+                                   (*echo, {'X-Request-ID': others[1]}), (*echo, {})])
+    assert answers[:6] == [(200, others[0])] + [(200, wanted)] * 4 + [(200, others[1])]
+    run = fab('logs', host.address, '--request', wanted)
+    assert run.returncode == 0, run.output
+    lines = [line for line in run.output.splitlines() if line.startswith('/opt/myproduct/log/')]
+    assert all(wanted in line for line in lines) and not any(other in run.output for other in others), run.output
+    by_log = {}
+    for line in lines:
+        log = line.split(':', 1)[0].rsplit('/', 1)[1]
+        by_log[log] = by_log.get(log, 0) + 1
+    assert by_log == {'nginx-access.log': 4, 'api-8001.log': 2, 'api-8002.log': 2}, run.output
+    assert all(f'POST {ECHO_PATH} 200' in line for line in lines if '/api-' in line)
+    missing = fab('logs', host.address, '--request', f'never-{uuid.uuid4().hex}')
+    assert missing.returncode == 0 and 'no log line has request ID never-' in missing.output, missing.output
+
+
+def echo_count(text):
+    """The echo's answers with status 200 in one port's /metrics."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == 'apiphant_requests_total'
+               and sample.labels == {'route': ECHO_PATH, 'status': '200'})
+
+
+def test_with_api_metrics_every_port_serves_metrics_and_nginx_does_not(deployed, lab, host):
+    def scrape():
+        scraped = json.loads(host.ssh(f'python3 -c {shlex.quote(SCRAPE)}', key=lab.key).stdout)
+        return sum(echo_count(text) for text in scraped.values())
+
+    before = scrape()
+    answers = through_nginx(host, [('POST', ECHO_PATH, {})] * 6 + [('GET', '/metrics', {}), ('GET', '/up', {})])
+    assert [status for status, _ in answers] == [200] * 6 + [404, 200]
+    assert scrape() == before + 6
