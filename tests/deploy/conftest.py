@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import testhost
+import vagrantlab
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / 'playbooks'
@@ -23,6 +24,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if Path(str(item.fspath)).parent == Path(__file__).parent:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+VAGRANT_UP_TEST = 'test_vagrant.py::test_vagrant_up_serves_the_example_and_provisions_idempotently'
+
+
+def pytest_collection_finish(session):
+    """When the real `vagrant up` test is to run, start its VM now (vagrantlab.Rehearsal) and run
+    the test last: the minutes of emulation overlap the other tests instead of adding to them."""
+    wanted = [item for item in session.items if item.nodeid.endswith(VAGRANT_UP_TEST)]
+    if (wanted and not session.config.option.collectonly and not wanted[0].get_closest_marker('skip')
+            and vagrantlab.skip_reason() is None):
+        session.items.remove(wanted[0])
+        session.items.append(wanted[0])
+        vagrantlab.rehearsal(ROOT)
+
+
+def pytest_sessionfinish():
+    """Stop the VM of a session that ended before its test (Ctrl-C, -x): nothing is left behind."""
+    vagrantlab.end_rehearsal()
 
 
 @pytest.fixture(scope='session')

@@ -6,20 +6,34 @@ with password-less sudo and Vagrant's insecure key, an ext4 image made without a
 names the kernel, the initrd and the command line), so it needs no boot loader. Its apt reaches
 Debian only through the test's apt proxy, like the test hosts.
 
-The box is cached under /var/cache/apiphant-tests; its name hashes this file, the mirror, the
-mirror's release date and the proxy, so any change to how it is made builds a new one.
+Under QEMU's software emulation every program in the guest runs some 20 times slower than here,
+so the box is made ready for the playbook where a box maker could: it already holds the Debian
+packages the packages role installs (read from the role's defaults, so the box follows the role)
+and python3-apt for Ansible's apt module, with apt's package lists fetched and indexed here; the
+playbook still runs every step and finds them installed. The kernel command line turns off the
+CPU-bug mitigations (page-table isolation makes every system call flush QEMU's emulated TLB) and
+trusts the TSC as the clock, so a clock read is an instruction, not an emulated device access.
+
+The box is cached under /var/cache/apiphant-tests; its name hashes this file, the packages role's
+defaults, the mirror, the mirror's release date and the proxy, so any change to how it is made
+builds a new one.
 """
 
+import ast
 import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
+import jinja2
+import yaml
+
 import testhost
 
 PACKAGES = ('openssh-server,sudo,python3,systemd-sysv,linux-image-amd64,ifupdown,isc-dhcp-client,'
-            'iproute2,dbus,rsync')
+            'iproute2,dbus,rsync,python3-apt')
+ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / 'playbooks/roles/packages/defaults/main.yml'
 DISK_SIZE = '8G'  # what the VM sees; the qcow2 holds only what is written
 INSECURE_KEY = Path('/usr/share/rubygems-integration/all/gems').glob('vagrant-*/keys/vagrant.pub')
 
@@ -29,7 +43,7 @@ Vagrant.configure("2") do |config|
   config.vm.provider :libvirt do |libvirt|
     libvirt.kernel = File.join(__dir__, "vmlinuz")
     libvirt.initrd = File.join(__dir__, "initrd.img")
-    libvirt.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+    libvirt.cmd_line = "root=/dev/vda rw console=ttyS0 net.ifnames=0 mitigations=off tsc=reliable clocksource=tsc quiet"
   end
 end
 '''
@@ -51,11 +65,19 @@ def insecure_key():
     return key.read_text()
 
 
+def role_packages():
+    """The packages role's `packages_apt` for a host that serves nginx itself, as Vagrant's VM does."""
+    expression = yaml.safe_load(ROLE_DEFAULTS.read_text())['packages_apt']
+    return ast.literal_eval(jinja2.Template(expression).render(product_behind_lb=False))
+
+
 def box(mirror, proxy):
-    """The path of the cached .box file for `mirror`, reached by the VM through `proxy` (host:port)."""
+    """The path of the cached .box file for `mirror`, reached by the VM through `proxy` (host:port),
+    which must be up: the box's apt lists are fetched through it."""
     key_text = insecure_key()
+    packages = ','.join(dict.fromkeys([*PACKAGES.split(','), *role_packages()]))
     source = Path(__file__).read_bytes()
-    key = hashlib.sha256(source + f'{mirror} {testhost.release_date()} {proxy} {key_text}'.encode())
+    key = hashlib.sha256(source + f'{packages} {mirror} {testhost.release_date()} {proxy} {key_text}'.encode())
     path = testhost.CACHE / f'vagrant-{testhost.SUITE}-libvirt-{key.hexdigest()[:16]}.box'
     if path.exists():
         return path
@@ -64,7 +86,7 @@ def box(mirror, proxy):
         scratch = Path(scratch)
         root, contents = scratch / 'root', scratch / 'box'
         contents.mkdir()
-        testhost.run('debootstrap', '--variant=minbase', f'--include={PACKAGES}', testhost.SUITE, root,
+        testhost.run('debootstrap', '--variant=minbase', f'--include={packages}', testhost.SUITE, root,
                      mirror)
         _configure(root, proxy, key_text)
         boot = root / 'boot'
@@ -104,3 +126,5 @@ def _configure(root, proxy, public_key):
     (ssh / 'authorized_keys').write_text(public_key)
     testhost.run('chroot', root, 'chown', '-R', 'vagrant:vagrant', '/home/vagrant/.ssh')
     testhost.run('chroot', root, 'apt-get', 'clean')
+    # The lists under the proxy's URL, as the VM's apt names them, and their index built here.
+    testhost.run('chroot', root, 'apt-get', 'update', '-qq')

@@ -11,16 +11,22 @@ What only this machine needs comes from outside the project's Vagrantfile: a VAG
 owns holds the locally built box (see vagrantbox.py) and a Vagrantfile that Vagrant reads before
 the project's, with software emulation (TCG), the libvirt socket and the pool.
 
-Run as root. `python3 tests/deploy/vagrantlab.py clean` removes what a crashed run left behind.
+A `Rehearsal` runs a VM's whole life (up, curl, provision, destroy) in a thread: the test session
+starts it when it collects test_vagrant.py, so that the minutes of emulation overlap the other
+tests, and the test reads its results at the end. Run as root. `python3 tests/deploy/vagrantlab.py
+clean` removes what a crashed run left behind.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import testhost
@@ -35,6 +41,7 @@ PROXY = f'{HOST_ADDRESS}:{testhost.PROXY_PORT}'
 # proxy's CONNECT tunnel, and nothing else.
 PYPI = r'^(pypi\.org|files\.pythonhosted\.org):443$'
 BIN = Path(sys.executable).parent  # ansible-playbook for Vagrant's ansible provisioner
+ECHO = {'hello': 'world'}  # what curl sends the example's echo action
 
 LIBVIRT_FOLDERS = {'etc': '/etc/libvirt', 'lib': '/var/lib/libvirt', 'cache': '/var/cache/libvirt',
                    'log': '/var/log/libvirt'}
@@ -76,7 +83,8 @@ stdio_handler = "file"
 
 HOME_VAGRANTFILE = '''\
 # This machine's part, read before the project's Vagrantfile: software emulation (no usable KVM),
-# the lab's libvirtd and storage pool, and no box update checks (nothing outside is reachable).
+# the lab's libvirtd and storage pool, no disk flushes, and no box update checks (nothing outside
+# is reachable).
 Vagrant.configure("2") do |config|
   config.vm.box_check_update = false
   config.vm.boot_timeout = 900
@@ -88,6 +96,8 @@ Vagrant.configure("2") do |config|
     libvirt.graphics_type = "none"
     libvirt.video_type = "none"
     libvirt.storage_pool_path = "{pool}"
+    # The VM is thrown away after the test: its disk writes need not reach this machine's disk.
+    libvirt.disk_driver :cache => "unsafe"
   end
 end
 '''
@@ -107,10 +117,10 @@ class Lab:
         self.proxy = self.libvirtd = None
         try:
             mirror = testhost.debian_mirror()
-            self.box = vagrantbox.box(mirror, PROXY)
             self._network()
             self.proxy = testhost.Proxy(self.workdir, mirror, address=HOST_ADDRESS, cache='acng-vagrant',
                                         passthrough=PYPI)
+            self.box = vagrantbox.box(mirror, PROXY)
             self._libvirtd()
             self.home = self.workdir / 'vagrant.d'
             self.home.mkdir()
@@ -198,12 +208,92 @@ class Lab:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def remove_namespace():
-    """Kill what still runs in the namespace (Vagrant's port forwards, SSH masters), found by
-    namespace, never by name; then remove it and the veth pair."""
+class Rehearsal(threading.Thread):
+    """`vagrant up`, curl to the forwarded port, `vagrant provision`, `vagrant destroy`, in a lab
+    that is stopped at the end whatever happened: each step's result and wall time, for the test."""
+
+    def __init__(self, project):
+        super().__init__(name='vagrant-rehearsal', daemon=True)
+        self.project = project
+        self.results, self.seconds = {}, {}
+        self.error = self.lab = None
+        self.logs = ''  # libvirt's logs, kept from the lab for a failure's message
+        self.cancelled = threading.Event()
+
+    def run(self):
+        try:
+            self._step('lab', Lab, self.project)
+            up = self._step('up', self.lab.vagrant, 'up', '--provider=libvirt', timeout=3600)
+            if up.returncode == 0 and not self.cancelled.is_set():
+                self._step('curl', self.lab.curl, '--data-binary', json.dumps(ECHO),
+                           '-H', 'Content-Type: application/json',
+                           'http://127.0.0.1:8080/api/v0/echo/read')
+                self._step('provision', self.lab.vagrant, 'provision', timeout=3000)
+            # Also after a failed up: destroy must take a half-made VM away.
+            self._step('destroy', self.lab.vagrant, 'destroy', '--force', timeout=600)
+            self._step('status', self.lab.vagrant, 'status', timeout=300)
+        except BaseException:
+            self.error = traceback.format_exc()
+        finally:
+            if self.lab is not None:
+                self.logs = self.lab.log('*.log')
+                self.lab.stop()
+
+    def _step(self, name, step, *args, **options):
+        if self.cancelled.is_set():
+            raise RuntimeError(f'cancelled before {name}')
+        start = time.monotonic()
+        result = step(*args, **options)
+        if name == 'lab':
+            self.lab = result
+        self.results[name], self.seconds[name] = result, time.monotonic() - start
+        return result
+
+    def cancel(self):
+        """End it now (the session is over): what runs in the namespace dies, the lab is stopped."""
+        self.cancelled.set()
+        while self.is_alive():  # again until it ends: a step may have started a command meanwhile
+            kill_namespace_processes()
+            self.join(timeout=1)
+
+
+_rehearsal = None
+
+
+def rehearsal(project):
+    """The session's one Rehearsal, started on the first call."""
+    global _rehearsal
+    if _rehearsal is None:
+        _rehearsal = Rehearsal(project)
+        _rehearsal.start()
+    return _rehearsal
+
+
+def end_rehearsal():
+    """Cancel the session's Rehearsal if it still runs (the session ended before its test)."""
+    if _rehearsal is not None and _rehearsal.is_alive():
+        _rehearsal.cancel()
+
+
+def skip_reason():
+    """Why a real `vagrant up` cannot run here, or None."""
+    if os.environ.get('APIPHANT_TEST_VAGRANT') == '0':
+        return 'APIPHANT_TEST_VAGRANT=0 opts out of booting a VM'
+    if not shutil.which('vagrant') or not Path('/usr/sbin/libvirtd').exists():
+        return 'vagrant or libvirtd is not installed (tests/run installs them)'
+    return testhost.can_make_namespaces()
+
+
+def kill_namespace_processes():
     for pid in subprocess.run(['ip', 'netns', 'pids', NAMESPACE], capture_output=True,
                               text=True).stdout.split():
         testhost.quiet('kill', '-KILL', pid)
+
+
+def remove_namespace():
+    """Kill what still runs in the namespace (Vagrant's port forwards, SSH masters), found by
+    namespace, never by name; then remove it and the veth pair."""
+    kill_namespace_processes()
     testhost.quiet('ip', 'netns', 'del', NAMESPACE)
     testhost.quiet('ip', 'link', 'del', HOST_LINK)
 
