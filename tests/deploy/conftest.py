@@ -96,13 +96,17 @@ def run_command(command, cwd, env):
     return testhost.PlaybookRun(result)
 
 
-@pytest.fixture(scope='session')
-def ansible_env(lab):
+def lab_environment(lab):
     """What ansible-playbook needs here: no colour, no host key prompts, SSH sockets in the lab."""
     control = lab.workdir / 'cp'
     control.mkdir(exist_ok=True)
     return {**os.environ, 'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
             'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control), 'ANSIBLE_CONFIG': str(PLAYBOOKS / 'ansible.cfg')}
+
+
+@pytest.fixture(scope='session')
+def ansible_env(lab):
+    return lab_environment(lab)
 
 
 @pytest.fixture(scope='session')

@@ -180,9 +180,10 @@ def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_fi
     assert served_by(host) == (200, 'release under load')
 
 
-def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restores(deployed, fab, host,
-                                                                                   echo_file):
-    serving = served_by(host)
+def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(deployed, lab, fab, host,
+                                                                              echo_file, served_on_ports):
+    serving = served_on_ports(host)
+    current = host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
     good = echo_file.read_text()
     echo_file.write_text('import a_module_that_does_not_exist\n' + good)
     try:
@@ -190,16 +191,79 @@ def test_a_release_that_cannot_start_stops_at_the_first_port_and_rollback_restor
     finally:
         echo_file.write_text(good)
     assert run.returncode != 0
-    assert f'[{host.name}] deploy failed at task "supervisor : Restart myproduct-api-8001"' in run.output
-    assert served_by(host) == serving  # port 8002 still runs the old release
-
-    run = fab('rollback', host.address)
-    assert run.returncode == 0, run.output
+    assert (f'[{host.name}] deploy failed at task "supervisor : Fail naming the host, the port and the last '
+            f'lines of its log"') in run.output, run.output
+    message = ' '.join(run.output.split())
+    assert f'{host.name}: port 8001 did not start or answer on release ' in message, run.output
+    assert f'it is back on release {current.rsplit("/", 1)[-1]}, as the other ports' in message
+    assert "No module named 'a_module_that_does_not_exist'" in run.output  # the port's log, last lines
+    # Every port on the old release, with no fab rollback; the release that failed is gone.
+    assert served_on_ports(host) == serving
+    assert host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip() == current
     status = fab('status', host.address)
     assert status.returncode == 0, status.output
     assert status.output.count('RUNNING') >= 3 and 'FATAL' not in status.output and 'BACKOFF' not in status.output
-    assert len([line for line in status.output.splitlines() if line.startswith('  * ')]) == 1
-    assert served_by(host) == serving
+    audit = status.output.splitlines()[-1].split()  # time, who, action, the release tried, commit, outcome
+    assert audit[2] == 'deploy' and audit[3] != current.rsplit('/', 1)[-1] and audit[-1] == 'failed'
+
+    release_as(echo_file, 'after the failed release')  # the next good release goes out as usual
+    run = fab('deploy', host.address)
+    assert run.returncode == 0, run.output
+    assert set(served_on_ports(host).values()) == {'after the failed release'}
+
+
+def test_a_full_disk_fails_the_release_before_current_switches(deployed, lab, fab, host, echo_file):
+    """/opt/myproduct/releases on a full tmpfs (in the host's own mount namespace) holding a copy of
+    the releases, so current still resolves."""
+    serving = served_by(host)
+    current = host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+    host.ssh('set -e; cd /opt/myproduct; mkdir -p /run/full; '
+             'mount -t tmpfs -o size=$(( $(du -sm releases | cut -f1) + 2 ))m full /run/full; '
+             'cp -a releases/. /run/full/; dd if=/dev/zero of=/run/full/filler bs=64k 2>/dev/null || true; '
+             'mount --move /run/full releases', key=lab.key)
+    release_as(echo_file, 'after the full disk')
+    try:
+        run = fab('deploy', host.address)
+        assert run.returncode != 0
+        message = ' '.join(run.output.split())
+        assert f'{host.name}: release ' in message and ' could not be built in /opt/myproduct/releases/' in message
+        assert 'No space left on device' in message, run.output
+        assert f'current is still {current}' in message
+        assert host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip() == current
+        assert served_by(host) == serving
+    finally:
+        host.ssh('umount --lazy /opt/myproduct/releases', key=lab.key)
+    run = fab('deploy', host.address)  # with room again, the same release goes out
+    assert run.returncode == 0, run.output
+    assert served_by(host) == (200, 'after the full disk')
+
+
+def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_port(deployed, lab, host):
+    program = 'myproduct:myproduct-api-8001'
+    pid = host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip()
+    load = Load(host, seconds=120)
+    load.start()
+    try:
+        load.wait_for_more(100)
+        answered = len(load.answers)
+        host.ssh(f'kill -KILL {pid}', key=lab.key)
+        load.wait_for_more(300)  # new requests while the port is down go to port 8002
+        deadline = time.monotonic() + 60
+        while (host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip() in ('0', pid)
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+        load.wait_for_more(100)
+    finally:
+        load.stop()
+    restarted = host.ssh(f'supervisorctl status {program}', key=lab.key).stdout
+    assert ' RUNNING ' in restarted and host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip() != pid
+    # Lost: only the requests in flight on the killed process, at most one per client (each sends
+    # one at a time); nginx answers them 502. Every request after them is answered.
+    assert len(load.failures) <= load.clients, load.failures
+    assert all(failure[0] == 502 for failure in load.failures), load.failures
+    assert len(load.answers) - answered >= 500, (len(load.answers), answered)
+    print(f'SIGKILL under load: {len(load.failures)} lost of {load.clients} in flight at most; '
+          f'{len(load.answers) - answered} answered after the kill')
 
 
 def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):

@@ -5,7 +5,9 @@ breaks one saying whose it was) and its audit trail (`fab status` and `fab histo
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,37 @@ def test_a_lock_from_elsewhere_is_named_then_broken_by_fab_unlock(deployed, fab,
     run = fab('deploy', host.address, inventory=blocked)
     assert run.returncode == 0, run.output
     assert set(served_on_ports(host).values()) == {'blocked'}
+
+
+def test_a_deploy_killed_halfway_leaves_the_old_release_serving_and_the_next_takes_over_its_lock(
+        deployed, fab, lab, product, inventory, host, ansible_env, served_on_ports):
+    serving = served_on_ports(host)
+    releases = set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split())
+    killed = labelled(lab, product, 'killed', inventory, host, lock_timeout=5)
+    run = subprocess.Popen([Path(sys.executable).parent / 'fab', 'deploy', host.address], cwd=ROOT / 'deploy',
+                           env={**ansible_env, 'FABRIC_INVENTORY': str(killed)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # killed once the new release's folder is there: halfway through the release
+        deadline = time.monotonic() + 300
+        while (set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split()) <= releases
+               and run.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.2)
+        assert run.poll() is None, 'the deploy ended before its release began'
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # fab and its ansible-playbook, as a closed terminal would
+        run.wait()
+    stale = locked(lab, host)
+    assert stale.endswith(' deploy')
+    assert served_on_ports(host) == serving
+
+    # Its ansible-playbook is gone from this machine: the lock is stale at once, not after
+    # lock_stale_after, and the half-made release is made again.
+    rerun = fab('deploy', host.address, inventory=killed)
+    assert rerun.returncode == 0, rerun.output
+    assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rerun.output.split())
+    assert 'waited' not in rerun.output  # (it would fail after lock_timeout, 5 s, naming the holder)
+    assert set(served_on_ports(host).values()) == {'killed'}
+    assert locked(lab, host) == ''
 
 
 def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deployed, fab, lab, product,

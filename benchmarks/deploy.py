@@ -1,0 +1,87 @@
+"""How long `fab deploy HOST` takes on a throwaway test host with two API ports (tests/deploy's lab):
+
+    first       from a bare Debian host: packages, virtualenv, every port started
+    unchanged   the same product again: nothing to change
+    one line    a one-line change of the product's code, released on both ports
+
+    APIPHANT_TEST_LAB=d python benchmarks/deploy.py           (as root: the lab needs namespaces)
+    APIPHANT_TEST_LAB=d python benchmarks/deploy.py --write   also write benchmarks/RESULTS.md
+
+Targets on a 2-core machine: unchanged at most 15 s, one line at most 30 s. The deploy runs as a
+user runs it, through deploy/'s fabfile and this checkout's playbooks and ansible.cfg; the controller's
+wheel and release caches are the lab's own, so the first run builds them as a new user's does.
+"""
+
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / 'tests' / 'deploy'))
+
+import conftest  # noqa: E402  the deploy tests' inventory and Ansible environment, one definition
+import report  # noqa: E402
+import testhost  # noqa: E402
+
+TARGETS = {'unchanged': 15, 'one line': 30}
+
+
+def timed(command, cwd, env):
+    started = time.monotonic()
+    run = conftest.run_command(command, cwd, env)
+    seconds = time.monotonic() - started
+    if run.returncode:
+        raise SystemExit(f'{" ".join(map(str, command))} failed:\n{run.output[-4000:]}')
+    return seconds, run.recap()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--write', metavar='LABEL', help='write the table to benchmarks/RESULTS.md as '
+                        'the section "Deploy, LABEL" (e.g. before, after)')
+    args = parser.parse_args()
+
+    # Stopped by SIGTERM (or SIGINT, ignored in a background job), it still removes its lab.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped'))
+    load = os.getloadavg()[0]
+    lab = testhost.Lab(count=1)
+    try:
+        host = lab.hosts[0]
+        product = lab.workdir / 'product'
+        shutil.copytree(ROOT / 'example', product, ignore=shutil.ignore_patterns('__pycache__', 'tests'))
+        inventory = conftest.write_inventory(lab, product, [host], api_ports='[8001, 8002]')
+        env = {**conftest.lab_environment(lab), 'FABRIC_INVENTORY': str(inventory)}
+        command = [Path(sys.executable).parent / 'fab', 'deploy', host.address]
+        echo = product / 'myproduct' / 'api' / 'v0' / 'echo.py'
+        rows = []
+        for name in ('first', 'unchanged', 'one line'):
+            if name == 'one line':
+                echo.write_text(echo.read_text().replace("'myproduct'", "'myproduct, one line later'"))
+            seconds, recap = timed(command, ROOT / 'deploy', env)
+            rows.append((name, seconds, recap.get(host.name, {}).get('changed', '?')))
+            print(f'{name:<10} {seconds:6.1f} s  changed={rows[-1][2]}', file=sys.stderr)
+    finally:
+        lab.stop()
+
+    table = ['| run | seconds | target | changed tasks |', '|---|---|---|---|']
+    table += [f'| {name} | {seconds:.1f} | {"≤ %d" % TARGETS[name] if name in TARGETS else ""} | {changed} |'
+              for name, seconds, changed in rows]
+    commit = subprocess.run(['git', '-C', str(ROOT), 'describe', '--always', '--dirty'], capture_output=True,
+                            text=True).stdout.strip()
+    text = (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, '
+            f'load average {load:.1f} as it started (a shared, busy machine); commit {commit}\n\n'
+            + '\n'.join(table) + '\n')
+    print(text)
+    if args.write:
+        report.write(f'Deploy, {args.write}', f'python benchmarks/deploy.py --write {args.write}', text)
+
+
+if __name__ == '__main__':
+    main()
