@@ -49,7 +49,7 @@ def render(folder, api_ports, nginx_port):
     variables = {'product_name': 'shop', 'product_home': str(folder), 'api_ports': api_ports,
                  'product_behind_lb': False, 'api_host': '127.0.0.1', 'server_name': '_', 'api_max_body': '1m',
                  'nginx_port': nginx_port, 'nginx_upstream_keepalive': 4, 'nginx_upstream_keepalive_timeout': '1s',
-                 'nginx_proxy_read_timeout': '10s'}
+                 'nginx_proxy_read_timeout': '10s', 'nginx_tls': 'off', 'nginx_tls_serving': False}
     site = folder / 'site.conf'
     subprocess.run([str(ANSIBLE), 'localhost', '-c', 'local', '-m', 'ansible.builtin.template',
                     '-a', f'src={TEMPLATE} dest={site}', '-e', json.dumps(variables)],

@@ -15,6 +15,10 @@ logs, fast failure, one line per step.
     fab logs HOST            the API, background and nginx logs (--follow to keep reading);
                              --request ID: every line of that request, in every port's log
 
+Each task takes --ask-vault-pass: it asks once for the password of the inventory's ansible-vault
+files (the product's secrets) and hands it to every Ansible command it runs on stdin. Without it,
+Ansible's own ANSIBLE_VAULT_PASSWORD_FILE (or vault_password_file in ansible.cfg) applies.
+
 Configuration (fabric.yaml beside the fabfile, or FABRIC_INVENTORY, FABRIC_PLAYBOOKS), paths
 relative to the fabfile's folder:
 
@@ -25,6 +29,8 @@ relative to the fabfile's folder:
                 restart.yml, such as a checkout's playbooks/ (a value with a /)
 """
 
+import getpass
+import io
 import json
 import os
 import pwd
@@ -87,10 +93,26 @@ def step(host, text):
     print(f'[{host}] {text}', flush=True)
 
 
+def ask_vault_password(c, ask):
+    """With --ask-vault-pass, ask once for the vault password every Ansible command of the task gets."""
+    if ask:
+        c.config.vault_password = getpass.getpass('Vault password: ')
+
+
+def vault(c):
+    """(option, run() keywords) handing Ansible the vault password asked for, on stdin so no file or
+    command line holds it; nothing when none was asked for."""
+    password = c.config.get('vault_password')
+    if password is None:
+        return '', {}
+    return ' --vault-password-file /dev/stdin', {'in_stream': io.StringIO(password + '\n')}
+
+
 def inventory(c):
     """The inventory as Ansible resolves it: {group: {'hosts': [...]}, '_meta': {'hostvars': ...}}."""
-    result = local(c, f'{quote(ansible_tool("ansible-inventory"))} -i {quote(str(inventory_path(c)))} --list',
-                   hide=True, warn=True)
+    option, stdin = vault(c)
+    result = local(c, f'{quote(ansible_tool("ansible-inventory"))} -i {quote(str(inventory_path(c)))} --list'
+                      f'{option}', hide=True, warn=True, **stdin)
     if result.failed:
         raise Exit(f'cannot read the inventory {inventory_path(c)}: {result.stderr.strip()}')
     return json.loads(result.stdout)
@@ -160,9 +182,10 @@ def playbook(c, target, name, what):
     folder, playbook_name = playbook_source(c, name)
     step(target.name, f'{what}: ansible-playbook {playbook_name}')
     extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in target.overrides.items() if value)
+    option, stdin = vault(c)
     result = local(c, f'cd {quote(str(folder))} && {quote(ansible_tool("ansible-playbook"))} '
-                      f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra} '
-                      f'{quote(playbook_name)}', warn=True, pty=False)
+                      f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra}{option} '
+                      f'{quote(playbook_name)}', warn=True, pty=False, **stdin)
     if f'the playbook: {playbook_name} could not be found' in result.stderr:
         raise Exit(f'[{target.name}] the Ansible collection {c.config.playbooks} is not installed: '
                    f'ansible-galaxy collection install -r requirements.yml (or from the release\'s '
@@ -189,33 +212,35 @@ HOSTS_FLAG = any(arg in ('-H', '--hosts') or arg.startswith(('--hosts=', '-H')) 
 host_task = task(positional=[] if HOSTS_FLAG else ['host'])
 
 
-def for_each(c, host, name, what):
+def for_each(c, host, name, what, ask_vault_pass):
+    ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
         playbook(c, target, name, what)
 
 
 @host_task
-def deploy(c, host=None):
+def deploy(c, host=None, ask_vault_pass=False):
     """Provision HOST (or each host of a group, one after another) and release the product there."""
-    for_each(c, host, 'site', 'deploy')
+    for_each(c, host, 'site', 'deploy', ask_vault_pass)
 
 
 @host_task
-def rollback(c, host=None):
+def rollback(c, host=None, ask_vault_pass=False):
     """Switch HOST back to its previous release, restarting one port at a time."""
-    for_each(c, host, 'rollback', 'rollback')
+    for_each(c, host, 'rollback', 'rollback', ask_vault_pass)
 
 
 @host_task
-def restart(c, host=None):
+def restart(c, host=None, ask_vault_pass=False):
     """Restart the API processes of HOST one port at a time, each answering before the next."""
-    for_each(c, host, 'restart', 'rolling restart')
+    for_each(c, host, 'restart', 'rolling restart', ask_vault_pass)
 
 
 @host_task
-def status(c, host=None):
+def status(c, host=None, ask_vault_pass=False):
     """Releases (current marked with *), supervisor program states and the last log lines."""
+    ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
         current = target.run(f'readlink {quote(target.home)}/current').stdout.strip().rsplit('/', 1)[-1]
@@ -232,11 +257,12 @@ def status(c, host=None):
 
 
 @host_task
-def logs(c, host=None, lines=50, follow=False, request=None):
+def logs(c, host=None, lines=50, follow=False, request=None, ask_vault_pass=False):
     """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends); --request ID
     shows every line of that request (nginx's and every API port's, rotated logs included)."""
     if request is not None and not REQUEST_ID.fullmatch(request):
         raise Exit(f'--request {request!r}: a request ID is 1 to 128 of A-Z a-z 0-9 . _ -')
+    ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
         if request:
@@ -262,9 +288,10 @@ AUDIT = ('printf "%s %s %s %s %s %s\\n" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$2" "$
 
 
 @host_task
-def unlock(c, host=None):
+def unlock(c, host=None, ask_vault_pass=False):
     """Break the deploy lock of HOST (one a killed run left), saying whose it was; the audit trail
     records it."""
+    ask_vault_password(c, ask_vault_pass)
     me = f'{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}'
     for target in targets(c, host):
         reach(target)
@@ -285,9 +312,10 @@ def unlock(c, host=None):
 
 
 @host_task
-def history(c, host=None):
+def history(c, host=None, ask_vault_pass=False):
     """Every deploy, rollback, restart and unlock of HOST, oldest first: time, user@machine, action,
     release, product commit, outcome."""
+    ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
         step(target.name, 'audit trail (time, who, action, release, commit, outcome):')

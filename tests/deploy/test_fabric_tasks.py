@@ -93,9 +93,11 @@ def through_nginx(host, requests):
 class Load(threading.Thread):
     """Keep-alive clients POSTing through nginx until stopped; every answer is recorded."""
 
-    def __init__(self, host, clients=8, limit=1_000_000, seconds=300):
+    def __init__(self, host, clients=8, limit=1_000_000, seconds=300, connect=None):
         super().__init__(daemon=True)
         self.host, self.clients, self.limit = host, clients, limit
+        # How a client connects: plain HTTP to nginx unless told (HTTPS, say).
+        self.connect = connect or (lambda: http.client.HTTPConnection(host.address, 80, timeout=30))
         self.deadline = time.monotonic() + seconds
         self.stopped = threading.Event()
         self.answers, self.failures = [], []
@@ -103,7 +105,7 @@ class Load(threading.Thread):
     def client(self):
         connection = None
         while not self.stopped.is_set() and len(self.answers) < self.limit and time.monotonic() < self.deadline:
-            connection = connection or http.client.HTTPConnection(self.host.address, 80, timeout=30)
+            connection = connection or self.connect()
             try:
                 connection.request('POST', ECHO_PATH, json.dumps(ECHO))
                 reply = connection.getresponse()

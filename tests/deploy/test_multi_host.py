@@ -1,11 +1,14 @@
-"""Several API hosts behind a load-balancer host: `fab deploy all` rolls out host by host, and one API
-host runs the background tasks."""
+"""Several API hosts behind a load-balancer host: `fab deploy all` rolls out host by host, TLS ends on
+the load balancer, and one API host runs the background tasks."""
 
 import http.client
 import json
+import ssl
 import threading
 
 import pytest
+
+from test_tls import assert_https_only, make_certificate
 
 
 @pytest.fixture(scope='module')
@@ -15,9 +18,17 @@ def roles(lab):
 
 
 @pytest.fixture(scope='module')
-def deployed(fab, inventory, roles):
+def certificate(roles, tmp_path_factory):
+    """(CA, certificate, key): the load balancer's certificate for tls=files, from a CA of the test's."""
+    return make_certificate(tmp_path_factory.mktemp('lb-tls'), roles[0].address)
+
+
+@pytest.fixture(scope='module')
+def deployed(fab, inventory, roles, certificate):
     lb, api = roles
-    run = fab('deploy', 'all', inventory=inventory(api, file='multi.ini', lb=[lb], api_ports='[8001, 8002]'))
+    _, crt, key = certificate
+    run = fab('deploy', 'all', inventory=inventory(api, file='multi.ini', lb=[lb], api_ports='[8001, 8002]',
+                                                   tls='files', tls_certificate=crt, tls_certificate_key=key))
     assert run.returncode == 0, run.output
     return run
 
@@ -29,10 +40,20 @@ def test_hosts_are_deployed_one_after_another_api_first(deployed, roles):
     assert starts == sorted(starts) and all(end < start for end, start in zip(ends, starts[1:]))
 
 
-def test_the_load_balancer_spreads_requests_over_every_api_host(deployed, roles, lab):
+def test_tls_ends_on_the_load_balancer_with_the_users_certificate(deployed, roles, lab, certificate):
+    lb, _ = roles
+    ca, _, key = certificate
+    assert_https_only(lb, ca)
+    assert all(line not in deployed.output for line in key.read_text().strip().splitlines()[1:-1])
+    mode = lb.ssh('stat', '-c', "'%U %a'", '/etc/nginx/tls/myproduct.key', '/etc/nginx/tls', key=lab.key).stdout
+    assert mode.split('\n')[:2] == ['root 600', 'root 700']
+
+
+def test_the_load_balancer_spreads_requests_over_every_api_host(deployed, roles, lab, certificate):
     lb, api = roles
+    context = ssl.create_default_context(cafile=str(certificate[0]))
     for number in range(40):
-        connection = http.client.HTTPConnection(lb.address, 80, timeout=30)
+        connection = http.client.HTTPSConnection(lb.address, 443, timeout=30, context=context)
         connection.request('POST', '/api/v0/echo/read', json.dumps({'n': number}))
         reply = connection.getresponse()
         assert reply.status == 200 and json.loads(reply.read())['n'] == number
@@ -47,9 +68,9 @@ def test_api_hosts_listen_on_their_private_address_and_run_no_nginx(deployed, ro
     for host in api:
         listening = host.ssh('ss -Hltn', key=lab.key).stdout
         assert f'{host.address}:8001' in listening and f'{host.address}:8002' in listening
-        assert ':80 ' not in listening
+        assert ':80 ' not in listening and ':443 ' not in listening
         assert 'nginx' not in host.ssh('dpkg -l nginx 2>/dev/null | grep ^ii || true', key=lab.key).stdout
-    assert ':80 ' in lb.ssh('ss -Hltn', key=lab.key).stdout
+    assert ':80 ' in lb.ssh('ss -Hltn', key=lab.key).stdout and ':443 ' in lb.ssh('ss -Hltn', key=lab.key).stdout
     assert 'apiphant' not in lb.ssh('ps -eo args', key=lab.key).stdout
 
 
