@@ -240,8 +240,16 @@ def test_a_full_disk_fails_the_release_before_current_switches(deployed, lab, fa
     assert served_by(host) == (200, 'after the full disk')
 
 
+def running_again(host, lab, program, old_pid):
+    """Whether Supervisor runs `program` again, under a PID other than `old_pid`."""
+    status = host.ssh(f'supervisorctl status {program}', key=lab.key, check=False).stdout.split()
+    return status[1:2] == ['RUNNING'] and status[2:4] != ['pid', f'{old_pid},']
+
+
 def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_port(deployed, lab, host):
     program = 'myproduct:myproduct-api-8001'
+    error_log = '/opt/myproduct/log/nginx-error.log'
+    logged = int(host.ssh(f'wc -l < {error_log}', key=lab.key).stdout)
     pid = host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip()
     load = Load(host, seconds=120)
     load.start()
@@ -250,21 +258,29 @@ def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_por
         answered = len(load.answers)
         host.ssh(f'kill -KILL {pid}', key=lab.key)
         load.wait_for_more(300)  # new requests while the port is down go to port 8002
+        # Supervisor gives the new process its PID while it is STARTING (startsecs): restarted means
+        # RUNNING under another PID.
         deadline = time.monotonic() + 60
-        while (host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip() in ('0', pid)
-               and time.monotonic() < deadline):
+        while not running_again(host, lab, program, pid) and time.monotonic() < deadline:
             time.sleep(0.5)
+        restarted = len(load.failures)
         load.wait_for_more(100)
     finally:
         load.stop()
-    restarted = host.ssh(f'supervisorctl status {program}', key=lab.key).stdout
-    assert ' RUNNING ' in restarted and host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip() != pid
-    # Lost: only the requests in flight on the killed process, at most one per client (each sends
-    # one at a time); nginx answers them 502. Every request after them is answered.
-    assert len(load.failures) <= load.clients, load.failures
+    assert running_again(host, lab, program, pid), host.ssh(f'supervisorctl status {program}', key=lab.key).stdout
+    # Lost: only requests nginx had sent to the killed process, each a 502 that nginx's error log
+    # puts on port 8001. How many depends on how long the kernel takes to end the process (until
+    # then it still holds its connections and its listening socket), not on the clients. A request
+    # that could not reach port 8001 went to 8002 and was answered.
+    errors = host.ssh(f'tail -n +{logged + 1} {error_log}', key=lab.key).stdout.splitlines()
+    lost = [line for line in errors if 'while reading response header from upstream' in line
+            or 'while sending request to upstream' in line]
     assert all(failure[0] == 502 for failure in load.failures), load.failures
+    assert len(lost) == len(load.failures) and all('upstream: "http://127.0.0.1:8001/' in line for line in lost), \
+        (load.failures, errors)
+    assert len(load.failures) == restarted, 'a request was lost after the port was back'
     assert len(load.answers) - answered >= 500, (len(load.answers), answered)
-    print(f'SIGKILL under load: {len(load.failures)} lost of {load.clients} in flight at most; '
+    print(f'SIGKILL under load: {len(load.failures)} lost, all sent to the killed port; '
           f'{len(load.answers) - answered} answered after the kill')
 
 

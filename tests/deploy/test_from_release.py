@@ -55,7 +55,8 @@ def user(release, tmp_path_factory):
     check([BIN / 'virtualenv', '--quiet', '--python', sys.executable, venv], cwd=home, env=env)
     check([venv / 'bin' / 'pip', 'install', '--quiet', f'{wheel}[deploy]'], cwd=home, env=env)
     check([venv / 'bin' / 'ansible-galaxy', 'collection', 'install', collection], cwd=home, env=env)
-    return home, env
+    yield home, env
+    testhost.close_ssh_masters(control)
 
 
 @pytest.fixture(scope='module')

@@ -324,6 +324,14 @@ def ssh_options(key):
             '-o', 'LogLevel=ERROR', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
 
 
+def close_ssh_masters(folder):
+    """End the SSH connections Ansible keeps open (ControlPersist) through sockets under `folder`:
+    they would outlive the test by minutes, holding connections to hosts already gone."""
+    for socket in Path(folder).rglob('*'):
+        if socket.is_socket():
+            quiet('ssh', '-o', f'ControlPath={socket}', '-O', 'exit', 'apiphant-test-host')
+
+
 def remove_host(name, root=None):
     quiet('ip', 'netns', 'del', name)
     quiet('ip', 'link', 'del', f'{name}h')
@@ -365,6 +373,7 @@ class Lab:
         if self.proxy is not None:
             self.proxy.stop()
         quiet('ip', 'link', 'del', BRIDGE)
+        close_ssh_masters(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -381,6 +390,7 @@ def clean():
     quiet('ip', 'link', 'del', BRIDGE)
     for leftover in Path(tempfile.gettempdir()).glob(f'{PREFIX}*'):
         kill_proxy(leftover / 'acng')
+        close_ssh_masters(leftover)
         shutil.rmtree(leftover, ignore_errors=True)
 
 
