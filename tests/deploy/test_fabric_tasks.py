@@ -91,9 +91,10 @@ def through_nginx(host, requests):
 
 
 class Load(threading.Thread):
-    """Keep-alive clients POSTing through nginx until stopped; every answer is recorded."""
+    """Keep-alive clients POSTing through nginx until stopped (or, should a test never stop them,
+    `seconds` have passed); every answer is recorded."""
 
-    def __init__(self, host, clients=8, limit=1_000_000, seconds=300, connect=None):
+    def __init__(self, host, clients=8, limit=1_000_000, seconds=900, connect=None):
         super().__init__(daemon=True)
         self.host, self.clients, self.limit = host, clients, limit
         # How a client connects: plain HTTP to nginx unless told (HTTPS, say).
@@ -126,10 +127,12 @@ class Load(threading.Thread):
         for worker in workers:
             worker.join()
 
-    def wait_for_more(self, count, timeout=10):
+    def wait_for_more(self, count, timeout=60):
+        """Wait for `count` more answers; whether they came."""
         target, deadline = len(self.answers) + count, time.monotonic() + timeout
         while len(self.answers) < target and self.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        return len(self.answers) >= target
 
     def stop(self):
         self.stopped.set()
@@ -171,10 +174,11 @@ def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_fi
     load.start()
     try:
         run = fab('-H', f'root@{host.address}', 'deploy')
+        answering = load.wait_for_more(50)  # traffic after the release, for the checks below
     finally:
-        load.wait_for_more(50)  # some traffic after the release, for the checks below
         load.stop()
     assert run.returncode == 0, run.output
+    assert answering, (len(load.answers), load.failures)
     assert 'Restart myproduct-api-8002' in run.output
     assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 200
@@ -251,20 +255,20 @@ def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_por
     error_log = '/opt/myproduct/log/nginx-error.log'
     logged = int(host.ssh(f'wc -l < {error_log}', key=lab.key).stdout)
     pid = host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip()
-    load = Load(host, seconds=120)
+    load = Load(host)
     load.start()
     try:
-        load.wait_for_more(100)
+        assert load.wait_for_more(100)
         answered = len(load.answers)
         host.ssh(f'kill -KILL {pid}', key=lab.key)
-        load.wait_for_more(300)  # new requests while the port is down go to port 8002
+        served_while_down = load.wait_for_more(300)  # new requests while the port is down go to port 8002
         # Supervisor gives the new process its PID while it is STARTING (startsecs): restarted means
         # RUNNING under another PID.
         deadline = time.monotonic() + 60
         while not running_again(host, lab, program, pid) and time.monotonic() < deadline:
             time.sleep(0.5)
         restarted = len(load.failures)
-        load.wait_for_more(100)
+        served_after = load.wait_for_more(100)
     finally:
         load.stop()
     assert running_again(host, lab, program, pid), host.ssh(f'supervisorctl status {program}', key=lab.key).stdout
@@ -279,7 +283,7 @@ def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_por
     assert len(lost) == len(load.failures) and all('upstream: "http://127.0.0.1:8001/' in line for line in lost), \
         (load.failures, errors)
     assert len(load.failures) == restarted, 'a request was lost after the port was back'
-    assert len(load.answers) - answered >= 500, (len(load.answers), answered)
+    assert served_while_down and served_after, (len(load.answers), answered)
     print(f'SIGKILL under load: {len(load.failures)} lost, all sent to the killed port; '
           f'{len(load.answers) - answered} answered after the kill')
 

@@ -175,6 +175,8 @@ def listen(host, lab, port):
     command = f'setsid python3 -c {shlex.quote(LISTENER)} {port} </dev/null >/dev/null 2>&1 & echo $!'
     pid = host.ssh(command, key=lab.key).stdout.strip()
     host.ssh(f'python3 -c {shlex.quote(WAIT)} {host.address} {port}', key=lab.key)
+    # Still running: the connections waited for were its own, not another server's on that port.
+    host.ssh(f'kill -0 {pid}', key=lab.key)
     return pid
 
 

@@ -223,12 +223,12 @@ class Rehearsal(threading.Thread):
     def run(self):
         try:
             self._step('lab', Lab, self.project)
-            up = self._step('up', self.lab.vagrant, 'up', '--provider=libvirt', timeout=3600)
+            up = self._step('up', self.lab.vagrant, 'up', '--provider=libvirt', timeout=5400)
             if up.returncode == 0 and not self.cancelled.is_set():
                 self._step('curl', self.lab.curl, '--data-binary', json.dumps(ECHO),
                            '-H', 'Content-Type: application/json',
                            'http://127.0.0.1:8080/api/v0/echo/read')
-                self._step('provision', self.lab.vagrant, 'provision', timeout=3000)
+                self._step('provision', self.lab.vagrant, 'provision', timeout=5400)
             # Also after a failed up: destroy must take a half-made VM away.
             self._step('destroy', self.lab.vagrant, 'destroy', '--force', timeout=600)
             self._step('status', self.lab.vagrant, 'status', timeout=300)
