@@ -1,8 +1,10 @@
 """tls=acme on a host booted by systemd: certbot's timer schedules the renewals, and a renewal run as
 the timer runs it (certbot.service) trusts the ACME server by the CA bundle the nginx role gives the
 service in a drop-in, gets a new certificate from pebble, and the deploy hook reloads nginx, which
-serves it. (The same on a host without systemd, where cron runs the renewals: test_secrets.py.)"""
+serves it; a CA bundle no longer set leaves the service. (The same on a host without systemd, where
+cron runs the renewals: test_secrets.py.)"""
 
+import shlex
 import ssl
 import time
 
@@ -14,6 +16,7 @@ DOMAIN = 'renew.apiphant.test'
 RENEWAL = '/etc/letsencrypt/renewal/myproduct.conf'
 LIVE_CERTIFICATE = '/etc/letsencrypt/live/myproduct/cert.pem'
 CA_BUNDLE = '/etc/letsencrypt/myproduct-acme-ca-bundle.pem'
+DROP_IN = '/etc/systemd/system/certbot.service.d/acme-ca-bundle.conf'
 
 
 @pytest.fixture(scope='module')
@@ -21,13 +24,18 @@ def host(lab):
     return lab.systemd_hosts[0]
 
 
+def deploy(playbook, host, pebble, ca_bundle):
+    """site.yml with tls=acme from pebble, certbot told to trust `ca_bundle` ('': the system's CAs)."""
+    run = playbook('site.yml', hosts=[host], tls='acme', server_name=DOMAIN,
+                   tls_acme_directory=pebble.directory, tls_acme_ca_bundle=ca_bundle)
+    assert run.returncode == 0, run.output + pebble.output()
+    return run
+
+
 @pytest.fixture(scope='module')
 def deployed(playbook, host, pebble):
     pebble.resolve(DOMAIN, host)
-    run = playbook('site.yml', hosts=[host], tls='acme', server_name=DOMAIN,
-                   tls_acme_directory=pebble.directory, tls_acme_ca_bundle=pebble.ca)
-    assert run.returncode == 0, run.output + pebble.output()
-    return run
+    return deploy(playbook, host, pebble, pebble.ca)
 
 
 def show(host, lab, unit, *properties):
@@ -43,7 +51,7 @@ def test_certbots_timer_is_enabled_and_starts_its_renewal_service_with_the_ca_bu
     service = show(host, lab, 'certbot.service', 'ExecStart', 'Environment', 'DropInPaths')
     assert 'argv[]=/usr/bin/certbot -q renew' in service['ExecStart'], service
     assert service['Environment'] == f'REQUESTS_CA_BUNDLE={CA_BUNDLE}', service
-    assert service['DropInPaths'] == '/etc/systemd/system/certbot.service.d/acme-ca-bundle.conf', service
+    assert service['DropInPaths'] == DROP_IN, service
 
 
 def wait_for_certificate(host, root, certificate, timeout=30):
@@ -85,3 +93,19 @@ def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(d
     assert renewed != before
     assert wait_for_certificate(host, pebble_root, renewed) == renewed
     assert show(host, lab, 'nginx.service', 'MainPID') == nginx  # reloaded by the deploy hook, not restarted
+
+
+def test_a_ca_bundle_no_longer_set_leaves_the_renewal_service(deployed, playbook, host, lab, pebble):
+    """Say the ACME server's CA is now one the host trusts itself: tls_acme_ca_bundle unset, the
+    renewals must trust the system's CAs, which REQUESTS_CA_BUNDLE would replace."""
+    store = '/usr/local/share/ca-certificates/apiphant-test-pebble.crt'
+    host.ssh(f"printf '%s' {shlex.quote(pebble.ca.read_text())} > {store} && update-ca-certificates", key=lab.key)
+    try:
+        deploy(playbook, host, pebble, '')
+        assert show(host, lab, 'certbot.service', 'Environment', 'DropInPaths') == {'Environment': '',
+                                                                                   'DropInPaths': ''}
+    finally:
+        host.ssh(f'rm -f {store} && update-ca-certificates --fresh', key=lab.key)
+        deploy(playbook, host, pebble, pebble.ca)  # the module's host as it was
+    assert show(host, lab, 'certbot.service', 'Environment', 'DropInPaths') == {
+        'Environment': f'REQUESTS_CA_BUNDLE={CA_BUNDLE}', 'DropInPaths': DROP_IN}
