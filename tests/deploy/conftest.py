@@ -11,6 +11,7 @@ import pytest
 
 import testhost
 import vagrantlab
+from acmeserver import Pebble
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / 'playbooks'
@@ -52,6 +53,22 @@ def lab():
     lab = testhost.Lab(count=4, systemd=1)
     yield lab
     lab.stop()
+
+
+@pytest.fixture(scope='module')
+def pebble(lab, tmp_path_factory):
+    """A real ACME server on the lab's bridge, for a module's tls=acme deploys."""
+    server = Pebble(tmp_path_factory.mktemp('pebble'))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope='module')
+def pebble_root(pebble, tmp_path_factory):
+    """The root certificate of what pebble issues, to verify the certificates served."""
+    path = tmp_path_factory.mktemp('pebble-root') / 'root.pem'
+    path.write_text(pebble.root())
+    return path
 
 
 @pytest.fixture(scope='session')

@@ -4,37 +4,33 @@ certificate from a real ACME server (tls=acme).
 product_env and product_secrets (kept in an ansible-vault file) reach every process's os.environ, a
 secret never shows, changing a setting alone restarts the ports one at a time under load.
 
-The ACME server is Debian's pebble (Let's Encrypt's test server), started here on the lab's bridge
-address with pebble-challtestsrv as its DNS, which resolves every name to the test host. certbot
+The ACME server is Debian's pebble (Let's Encrypt's test server), started on the lab's bridge
+address with pebble-challtestsrv as its DNS, which resolves the site's name to the test host. certbot
 gets the certificate over HTTP-01 through nginx; it is served (TLS 1.2 and 1.3 only), and renewed
 (forced) by certbot's scheduled command, nginx reloaded by the deploy hook, losing no request.
 """
 
 import fcntl
-import http.client
 import json
 import os
 import pty
 import re
 import secrets
 import select
-import socket
-import ssl
 import shlex
 import subprocess
 import sys
 import termios
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-import testhost
+from acmeserver import DomainConnection, served_certificate
 from conftest import ANSIBLE_PLAYBOOK, PLAYBOOKS, ROOT
 from test_fabric_tasks import Load, logs_of
-from test_tls import assert_https_only, make_certificate
+from test_tls import assert_https_only
 
 BIN = Path(sys.executable).parent
 # Random, so finding it anywhere can only be a leak of this run's secret.
@@ -45,69 +41,6 @@ DOMAIN = 'shop.apiphant.test'
 @pytest.fixture(scope='module')
 def host(lab):
     return lab.hosts[0]
-
-
-class Pebble:
-    """pebble and its DNS, pebble-challtestsrv, listening on the lab's bridge address only."""
-
-    def __init__(self, folder, host):
-        gateway = testhost.GATEWAY
-        # pebble's own HTTPS certificate, from a CA of the test's that certbot is told to trust.
-        self.ca, certificate, key = make_certificate(folder, gateway)
-        config = folder / 'pebble.json'
-        config.write_text(json.dumps({'pebble': {
-            'listenAddress': f'{gateway}:14000', 'managementListenAddress': f'{gateway}:15000',
-            'certificate': str(certificate), 'privateKey': str(key), 'httpPort': 80, 'tlsPort': 443,
-            'ocspResponderURL': '', 'externalAccountBindingRequired': False}}))
-        self.log_path = folder / 'pebble.log'
-        self.log = self.log_path.open('w')
-        self.processes = []
-        try:
-            self.processes.append(subprocess.Popen(
-                ['pebble-challtestsrv', '-defaultIPv4', host.address, '-defaultIPv6', '', '-dns01', f'{gateway}:8053',
-                 '-http01', '', '-https01', '', '-tlsalpn01', '', '-management', f'{gateway}:8055'],
-                stdout=self.log, stderr=subprocess.STDOUT))
-            # Validations at once, and no nonce refused at random: what would make certbot retry or wait.
-            self.processes.append(subprocess.Popen(
-                ['pebble', '-config', str(config), '-dnsserver', f'{gateway}:8053'], stdout=self.log,
-                stderr=subprocess.STDOUT, env={**os.environ, 'PEBBLE_VA_NOSLEEP': '1', 'PEBBLE_WFE_NONCEREJECT': '0'}))
-            for process, port in ((self.processes[0], 8055), (self.processes[1], 14000), (self.processes[1], 15000)):
-                testhost.wait_for_port(gateway, port, 30, process)
-        except BaseException:
-            self.stop()
-            raise
-        self.directory = f'https://{gateway}:14000/dir'
-        self.management = f'https://{gateway}:15000'
-
-    def root(self):
-        """The root certificate pebble issues under (a new one each time pebble starts)."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        with urllib.request.urlopen(f'{self.management}/roots/0', context=context, timeout=30) as reply:
-            return reply.read().decode()
-
-    def output(self):
-        return self.log_path.read_text()[-3000:]
-
-    def stop(self):
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(30)
-        self.log.close()
-
-
-@pytest.fixture(scope='module')
-def pebble(host, tmp_path_factory):
-    server = Pebble(tmp_path_factory.mktemp('pebble'), host)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope='module')
-def root(pebble, tmp_path_factory):
-    path = tmp_path_factory.mktemp('pebble-root') / 'root.pem'
-    path.write_text(pebble.root())
-    return path
 
 
 class Settings:
@@ -140,6 +73,7 @@ class Settings:
 def settings(lab, inventory, host, pebble):
     folder = lab.workdir / 'settings'
     folder.mkdir()
+    pebble.resolve(DOMAIN, host)
     tls = {'tls': 'acme', 'server_name': DOMAIN, 'tls_acme_email': 'ops@apiphant.test',
            'tls_acme_directory': pebble.directory, 'tls_acme_ca_bundle': pebble.ca}
     return Settings(folder, inventory([host], file='settings/inventory.ini', **tls))
@@ -163,34 +97,8 @@ def deployed(command, ansible_env, settings, pebble):
     return run
 
 
-class DomainConnection(http.client.HTTPSConnection):
-    """HTTPS to the test host for DOMAIN, its certificate verified against pebble's root; one request
-    per connection, as nginx closes a keep-alive connection idle at a reload (which HTTP clients
-    retry), so every request sent must be answered."""
-
-    def __init__(self, host, root):
-        super().__init__(host.address, 443, timeout=30, context=ssl.create_default_context(cafile=str(root)))
-
-    def connect(self):
-        raw = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=DOMAIN)
-
-    def request(self, method, url, body=None, headers=None, **options):
-        super().request(method, url, body, {**(headers or {}), 'Connection': 'close'}, **options)
-
-
-def served_certificate(host, root):
-    """The certificate nginx serves for DOMAIN (DER), verified against pebble's root."""
-    connection = DomainConnection(host, root)
-    try:
-        connection.connect()
-        return connection.sock.getpeercert(binary_form=True)
-    finally:
-        connection.close()
-
-
-def read_settings(host, root):
-    connection = DomainConnection(host, root)
+def read_settings(host, pebble_root):
+    connection = DomainConnection(host, pebble_root, DOMAIN)
     try:
         connection.request('POST', '/api/v0/settings/read', '{}')
         reply = connection.getresponse()
@@ -199,8 +107,8 @@ def read_settings(host, root):
         connection.close()
 
 
-def test_the_product_reads_its_setting_and_gets_its_secret(deployed, settings, host, root):
-    assert read_settings(host, root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
+def test_the_product_reads_its_setting_and_gets_its_secret(deployed, settings, host, pebble_root):
+    assert read_settings(host, pebble_root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
 
 
 def test_every_api_and_background_process_has_them_all_in_its_environment(deployed, settings, host, lab):
@@ -218,19 +126,19 @@ def test_ansible_at_vvv_never_shows_the_secret(deployed):
     assert SECRET not in deployed.output
 
 
-def test_the_acme_servers_certificate_is_served_https_only_refusing_tls_1_1(deployed, host, root):
-    assert_https_only(host, root, DOMAIN)
+def test_the_acme_servers_certificate_is_served_https_only_refusing_tls_1_1(deployed, host, pebble_root):
+    assert_https_only(host, pebble_root, DOMAIN)
 
 
 def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_no_request(deployed, host,
-                                                                                          lab, root):
+                                                                                          lab, pebble_root):
     renewal = host.ssh('cat', '/etc/letsencrypt/renewal/myproduct.conf', key=lab.key).stdout
     assert 'renew_hook = /usr/sbin/nginx -t -q && /usr/sbin/nginx -s reload' in renewal
     schedule = host.ssh('cat', '/etc/cron.d/certbot', key=lab.key).stdout
     assert 'certbot -q renew' in schedule and 'REQUESTS_CA_BUNDLE=' in schedule, schedule
     assert host.ssh('pgrep', '-x', 'cron', key=lab.key, check=False).returncode == 0  # cron runs the job
-    before = served_certificate(host, root)
-    load = Load(host, connect=lambda: DomainConnection(host, root))
+    before = served_certificate(host, pebble_root, DOMAIN)
+    load = Load(host, connect=lambda: DomainConnection(host, pebble_root, DOMAIN))
     load.start()
     try:
         # The scheduled command, in the scheduled job's environment (as cron reads it), told to renew now.
@@ -242,7 +150,7 @@ def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_n
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 50
-    assert served_certificate(host, root) != before  # nginx reloaded: it serves the new certificate
+    assert served_certificate(host, pebble_root, DOMAIN) != before  # nginx reloaded: it serves the new certificate
 
 
 def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host, lab):
@@ -261,8 +169,8 @@ def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host, l
     assert listing == 'root:myproduct 640'
 
 
-def test_fab_status_and_logs_never_show_the_secret(deployed, fab_with_vault, host, root):
-    read_settings(host, root)  # a request for the logs to show
+def test_fab_status_and_logs_never_show_the_secret(deployed, fab_with_vault, host, pebble_root):
+    read_settings(host, pebble_root)  # a request for the logs to show
     for task in ('status', 'logs'):
         run = fab_with_vault(task, host.address)
         assert run.returncode == 0, run.output
@@ -271,10 +179,10 @@ def test_fab_status_and_logs_never_show_the_secret(deployed, fab_with_vault, hos
 
 
 def test_changing_a_setting_alone_restarts_the_ports_one_at_a_time_losing_no_request(
-        deployed, settings, fab_with_vault, host, lab, root):
+        deployed, settings, fab_with_vault, host, lab, pebble_root):
     settings.set_greeting(f'Hello, release {secrets.token_hex(4)}')
     release = host.ssh('readlink', '/opt/myproduct/current', key=lab.key).stdout
-    load = Load(host, connect=lambda: DomainConnection(host, root))
+    load = Load(host, connect=lambda: DomainConnection(host, pebble_root, DOMAIN))
     load.start()
     try:
         run = fab_with_vault('deploy', host.address)
@@ -287,7 +195,7 @@ def test_changing_a_setting_alone_restarts_the_ports_one_at_a_time_losing_no_req
     assert SECRET not in run.output
     assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 100
-    assert read_settings(host, root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
+    assert read_settings(host, pebble_root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
     assert host.ssh('readlink', '/opt/myproduct/current', key=lab.key).stdout == release  # settings alone
 
 
