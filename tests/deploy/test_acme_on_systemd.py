@@ -6,10 +6,10 @@ cron runs the renewals: test_secrets.py.)"""
 
 import shlex
 import ssl
-import time
 
 import pytest
 
+import testhost
 from acmeserver import served_certificate
 
 DOMAIN = 'renew.apiphant.test'
@@ -54,15 +54,6 @@ def test_certbots_timer_is_enabled_and_starts_its_renewal_service_with_the_ca_bu
     assert service['DropInPaths'] == DROP_IN, service
 
 
-def wait_for_certificate(host, root, certificate, timeout=30):
-    """Wait until nginx serves `certificate` (DER): its reload takes effect after `nginx -s reload`
-    returns. Returns what is served at the end."""
-    deadline = time.monotonic() + timeout
-    while (served := served_certificate(host, root, DOMAIN)) != certificate and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return served
-
-
 def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(deployed, host, lab, pebble_root):
     def live_certificate():
         return ssl.PEM_cert_to_DER_cert(host.ssh('cat', LIVE_CERTIFICATE, key=lab.key).stdout)
@@ -91,7 +82,8 @@ def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(d
                                                                              'ExecMainStatus': '0'}
     renewed = live_certificate()
     assert renewed != before
-    assert wait_for_certificate(host, pebble_root, renewed) == renewed
+    # nginx's new workers serve it moments after the reload.
+    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=renewed.__eq__) == renewed
     assert show(host, lab, 'nginx.service', 'MainPID') == nginx  # reloaded by the deploy hook, not restarted
 
 

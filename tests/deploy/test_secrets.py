@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import testhost
 from acmeserver import DomainConnection, served_certificate
 from conftest import ANSIBLE_PLAYBOOK, PLAYBOOKS, ROOT
 from test_fabric_tasks import Load, logs_of
@@ -150,7 +151,8 @@ def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_n
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert load.failures == [], logs_of(lab, host)
     assert len(load.answers) > 50
-    assert served_certificate(host, pebble_root, DOMAIN) != before  # nginx reloaded: it serves the new certificate
+    # nginx reloaded: it serves the new certificate (its new workers, moments after the reload).
+    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=before.__ne__) != before
 
 
 def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host, lab):

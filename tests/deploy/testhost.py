@@ -157,6 +157,16 @@ class Proxy:
         self.log.close()
 
 
+def eventually(check, timeout=30, until=bool):
+    """Call check() until until(its result) holds or `timeout` seconds have passed; its last
+    result. For what a deploy sets off but does not wait for, such as nginx's workers taking up a
+    reloaded configuration."""
+    deadline = time.monotonic() + timeout
+    while not until(result := check()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
+
+
 def wait_for_port(host, port, timeout, process=None):
     deadline = time.monotonic() + timeout
     while True:
@@ -327,9 +337,9 @@ def ssh_options(key):
 def close_ssh_masters(folder):
     """End the SSH connections Ansible keeps open (ControlPersist) through sockets under `folder`:
     they would outlive the test by minutes, holding connections to hosts already gone."""
-    for socket in Path(folder).rglob('*'):
-        if socket.is_socket():
-            quiet('ssh', '-o', f'ControlPath={socket}', '-O', 'exit', 'apiphant-test-host')
+    for path in Path(folder).rglob('*'):
+        if path.is_socket():
+            quiet('ssh', '-o', f'ControlPath={path}', '-O', 'exit', 'apiphant-test-host')
 
 
 def remove_host(name, root=None):
