@@ -64,6 +64,12 @@ def http_request(method='POST', path='/', body=b'', headers=(), framing='content
     return b'\r\n'.join(lines) + b'\r\n\r\n' + body
 
 
+def held_request(gate, tag):
+    """A kitchen request whose action logs `in flight: TAG`, then runs until the file `gate` exists
+    (60 s at most) and answers {"released": true}: the test, not a timer, decides when it ends."""
+    return http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 60, 'tag': tag, 'until': str(gate)}))
+
+
 def _bytes(part):
     return part if isinstance(part, bytes) else str(part).encode()
 

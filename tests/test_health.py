@@ -1,15 +1,15 @@
 """The health path: up while serving, 503 from the moment a drain starts, the product's readiness
 check (its error, its time limit, one run a second shared by concurrent probes)."""
 
-import json
 import signal
 import threading
 import time
 
 import requests
 
+from apiphant.health import CHECK_PERIOD
 from apiphant.test import serve
-from support import KITCHEN, Connection, http_request, log_has, make_product, run_cli, wait_for
+from support import KITCHEN, Connection, held_request, http_request, log_has, make_product, run_cli, wait_for
 
 CHECKED = '''
 import time
@@ -61,17 +61,18 @@ def test_a_bad_health_path_is_refused():
         assert result.returncode == 2 and 'outside /api/' in result.stderr
 
 
-def test_up_answers_503_from_the_moment_a_drain_starts():
+def test_up_answers_503_from_the_moment_a_drain_starts(tmp_path):
     """A probe on a kept-alive connection (as a balancer or nginx keeps one) during the drain."""
-    with serve(KITCHEN, '--drain-timeout', '20') as server:
+    gate = tmp_path / 'gate'
+    with serve(KITCHEN, '--drain-timeout', '60') as server:
         with Connection(server.port, timeout=30) as connection:
-            slow = http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'probe'}))
-            connection.send(slow, http_request('GET', '/up'))  # pipelined: one read
+            connection.send(held_request(gate, 'probe'), http_request('GET', '/up'))  # pipelined: one read
             wait_for(lambda: log_has(server, 'in flight: probe'))
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: log_has(server, 'draining'))
+            gate.touch()  # the probe behind the held action is answered only now, in the drain
             first, second = connection.answer(), connection.answer()
-        assert first.status == 200 and first.json() == {'slept': 1}
+        assert first.status == 200 and first.json() == {'released': True}
         assert second.status == 503 and second.headers['connection'] == 'close'
         assert second.json() == {'status': 'draining'}
         assert server.process.wait(30) == 0

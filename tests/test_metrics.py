@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiphant.test import serve
-from support import KITCHEN, Connection, http_request, log_has, wait_for
+from support import KITCHEN, Connection, held_request, http_request, log_has, wait_for
 
 READ = '/api/v0/process/read'
 
@@ -85,14 +85,16 @@ def test_without_metrics_there_is_no_metrics_path():
         assert requests.get(f'http://127.0.0.1:{server.port}/metrics', timeout=10).status_code == 404
 
 
-def test_the_drain_shows_in_the_metrics():
-    """A scrape pipelined behind a slow request is answered once the drain has begun."""
-    with serve(KITCHEN, '--metrics', '--drain-timeout', '20') as server:
+def test_the_drain_shows_in_the_metrics(tmp_path):
+    """A scrape pipelined behind a held request is answered once the drain has begun."""
+    gate = tmp_path / 'gate'
+    with serve(KITCHEN, '--metrics', '--drain-timeout', '60') as server:
         with Connection(server.port, timeout=30) as connection:
-            slow = http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'scraped'}))
-            connection.send(slow, http_request('GET', '/metrics'))
+            connection.send(held_request(gate, 'scraped'), http_request('GET', '/metrics'))
             wait_for(lambda: log_has(server, 'in flight: scraped'))
             server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: log_has(server, 'draining'))
+            gate.touch()
             first, scraped = connection.answer(), connection.answer()
         assert first.status == 200 and scraped.status == 200
         assert samples(scraped.body.decode())['apiphant_draining', frozenset()] == 1
