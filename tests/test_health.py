@@ -97,9 +97,8 @@ def test_the_check_has_a_time_limit(tmp_path):
     product = checked_product(tmp_path)
     (product / 'api' / 'state').write_text('hang')
     with serve(product, '--no-access-log') as server:
-        started = time.monotonic()
+        # Answered within up()'s 10 s client timeout, so the 60 s hang was cut off, and said so.
         assert up(server) == (503, {'status': 'down', 'error': 'CheckTimeout: the check took over 0.5 s'})
-        assert time.monotonic() - started < 5
 
 
 def test_concurrent_probes_share_one_run_and_it_runs_at_most_once_a_second(tmp_path):
@@ -116,9 +115,11 @@ def test_concurrent_probes_share_one_run_and_it_runs_at_most_once_a_second(tmp_p
             probe.join()
         assert answers == [(200, {'status': 'up'})] * 10
         assert up(server) == (200, {'status': 'up'})
-        if time.monotonic() - started < 1:  # (on a machine so slow that a second passed, one more run is right)
-            assert runs.read_text() == '.'
-        wait_for(lambda: up(server) and runs.read_text() == '..', timeout=5, interval=0.2)
+        # Shared and spaced: however long these 11 probes took, at most one run a CHECK_PERIOD
+        # (runs of their own would be 11 unless they took 10 periods).
+        shared = len(runs.read_text())
+        assert 1 <= shared <= 1 + (time.monotonic() - started) // CHECK_PERIOD
+        wait_for(lambda: up(server) and len(runs.read_text()) > shared, timeout=30, interval=0.2)  # and again later
 
 
 def test_a_health_module_without_check_stops_the_start(tmp_path):
