@@ -2,8 +2,8 @@
 and under `--workers` every scrape sees the totals of all workers."""
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -49,12 +49,6 @@ def assert_promtool_accepts(text):
     checked = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True,
                              timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def test_promtool_accepts_the_output_and_it_counts_by_route_and_status():
@@ -135,13 +129,16 @@ def test_a_real_prometheus_scrapes_the_request_counter():
             'global: {scrape_interval: 1s, scrape_timeout: 1s}\n'
             'scrape_configs:\n'
             f"  - {{job_name: apiphant, static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]}}\n")
-        port = free_port()
-        prometheus = subprocess.Popen(
-            ['prometheus', f'--config.file={folder / "prometheus.yml"}', f'--storage.tsdb.path={folder / "data"}',
-             f'--web.listen-address=127.0.0.1:{port}'],
-            stdout=subprocess.DEVNULL, stderr=(folder / 'prometheus.log').open('w'))
-        api = f'http://127.0.0.1:{port}'
+        log = folder / 'prometheus.log'
+        with log.open('w') as stderr:  # (Popen keeps its own copy of the descriptor)
+            prometheus = subprocess.Popen(
+                ['prometheus', f'--config.file={folder / "prometheus.yml"}', f'--storage.tsdb.path={folder / "data"}',
+                 '--web.listen-address=127.0.0.1:0'], stdout=subprocess.DEVNULL, stderr=stderr)
         try:
+            # Port 0: the kernel's choice, which Prometheus logs once it listens (no port taken meanwhile).
+            listening = wait_for(lambda: re.search(r'msg="Listening on" address=(127\.0\.0\.1:\d+)', log.read_text()),
+                                 timeout=60, interval=0.2)
+            api = f'http://{listening.group(1)}'
             wait_for(lambda: _get(f'{api}/-/ready') == 200, timeout=60, interval=0.2)
             send(server, count=25)
 
