@@ -130,6 +130,7 @@ def test_many_concurrent_clients():
             thread.start()
         for thread in threads:
             thread.join(60)
+        assert not [thread for thread in threads if thread.is_alive()]  # (a hung client reports no error)
         assert errors == []
         assert server.process.poll() is None
 
