@@ -96,7 +96,12 @@ def start_nginx(config, folder, port):
                              text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
     nginx = subprocess.Popen([NGINX, '-c', str(config), '-p', str(folder)], stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: nginx.poll() is not None or port in listening_ports([nginx.pid]), timeout=30)
+    try:
+        wait_for(lambda: nginx.poll() is not None or port in listening_ports([nginx.pid]), timeout=30)
+    except AssertionError:
+        nginx.kill()
+        nginx.wait()
+        raise
     if nginx.poll() is None:
         return nginx
     error = nginx.stderr.read()
