@@ -1,10 +1,11 @@
-"""What the framework tests share besides fixtures: paths, raw HTTP, polling, product folders.
+"""What the framework tests share besides fixtures: paths, raw HTTP, polling, product folders, ports.
 
 Test modules import these from here (`from support import exchange`), never from conftest: with a
 second conftest in tests/deploy, `import conftest` would be ambiguous.
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -62,6 +63,12 @@ def http_request(method='POST', path='/', body=b'', headers=(), framing='content
     lines += [_bytes(field) if isinstance(field, str) else b'%s: %s' % tuple(map(_bytes, field))
               for field in fields]
     return b'\r\n'.join(lines) + b'\r\n\r\n' + body
+
+
+def held_request(gate, tag):
+    """A kitchen request whose action logs `in flight: TAG`, then runs until the file `gate` exists
+    (60 s at most) and answers {"released": true}: the test, not a timer, decides when it ends."""
+    return http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 60, 'tag': tag, 'until': str(gate)}))
 
 
 def _bytes(part):
@@ -180,8 +187,51 @@ def exchange(port, request, head=False, host='127.0.0.1', timeout=10):
         return connection.answer(head)
 
 
-def wait_for(condition, timeout=10.0, interval=0.02):
-    """Poll `condition` until it is true; fail after `timeout` seconds. For states no port shows."""
+def children(pid):
+    """The pids whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def listening_ports(pids):
+    """The TCP ports on which these processes hold a listening socket, from /proc.
+
+    A port a test chose free may be taken by another process before its server binds it: a port
+    listed here is the server's own, not merely one that accepts."""
+    sockets = set()
+    for pid in pids:
+        try:
+            descriptors = list(Path(f'/proc/{pid}/fd').iterdir())
+        except OSError:
+            continue  # (it has just exited)
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(descriptor)
+            except OSError:
+                continue
+            if target.startswith('socket:['):
+                sockets.add(target[len('socket:['):-1])
+    ports = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == '0A' and fields[9] in sockets:  # (0A: LISTEN)
+                ports.add(int(fields[1].rsplit(':', 1)[1], 16))
+    return ports
+
+
+def wait_for(condition, timeout=30.0, interval=0.02):
+    """Poll `condition` until it is true; fail after `timeout` seconds. For states no port shows.
+
+    The timeout only bounds a test that fails: generous, as a loaded CI machine is several times slower."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

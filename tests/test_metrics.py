@@ -1,10 +1,9 @@
 """`--metrics`: Prometheus's text format (promtool accepts it), a real Prometheus server scrapes it,
 and under `--workers` every scrape sees the totals of all workers."""
 
-import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiphant.test import serve
-from support import KITCHEN, Connection, http_request, log_has, wait_for
+from support import KITCHEN, Connection, held_request, http_request, log_has, wait_for
 
 READ = '/api/v0/process/read'
 
@@ -52,12 +51,6 @@ def assert_promtool_accepts(text):
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def test_promtool_accepts_the_output_and_it_counts_by_route_and_status():
     with serve(KITCHEN, '--metrics', '--no-access-log') as server:
         send(server, count=3)
@@ -85,14 +78,16 @@ def test_without_metrics_there_is_no_metrics_path():
         assert requests.get(f'http://127.0.0.1:{server.port}/metrics', timeout=10).status_code == 404
 
 
-def test_the_drain_shows_in_the_metrics():
-    """A scrape pipelined behind a slow request is answered once the drain has begun."""
-    with serve(KITCHEN, '--metrics', '--drain-timeout', '20') as server:
+def test_the_drain_shows_in_the_metrics(tmp_path):
+    """A scrape pipelined behind a held request is answered once the drain has begun."""
+    gate = tmp_path / 'gate'
+    with serve(KITCHEN, '--metrics', '--drain-timeout', '60') as server:
         with Connection(server.port, timeout=30) as connection:
-            slow = http_request('POST', '/api/v0/process/update', json.dumps({'seconds': 1, 'tag': 'scraped'}))
-            connection.send(slow, http_request('GET', '/metrics'))
+            connection.send(held_request(gate, 'scraped'), http_request('GET', '/metrics'))
             wait_for(lambda: log_has(server, 'in flight: scraped'))
             server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: log_has(server, 'draining'))
+            gate.touch()
             first, scraped = connection.answer(), connection.answer()
         assert first.status == 200 and scraped.status == 200
         assert samples(scraped.body.decode())['apiphant_draining', frozenset()] == 1
@@ -107,8 +102,12 @@ def test_under_workers_every_scrape_sees_the_total_of_all_workers(tmp_path):
             pids |= send(server, count=10)
             sent += 10
         assert len(pids) == 2
-        # Each worker writes its counts once a second: the total is whole within about that.
-        wait_for(lambda: requests_of(scrape(server)) == sent, timeout=10, interval=0.2)
+        # A worker answering a scrape adds its live counts to the other's file, written once a
+        # SAMPLE_PERIOD: once both files were written after the last answer, every scrape is whole.
+        answered = time.time()  # (each count is taken before its answer is sent)
+        shares = list(tmp_path.glob('apiphant-metrics-*/*.json'))
+        wait_for(lambda: len(shares) == 2 and all(share.stat().st_mtime > answered for share in shares),
+                 timeout=30, interval=0.2)
         for _ in range(6):  # whichever worker answers the scrape
             assert requests_of(scrape(server)) == sent
         text = scrape(server)
@@ -130,13 +129,16 @@ def test_a_real_prometheus_scrapes_the_request_counter():
             'global: {scrape_interval: 1s, scrape_timeout: 1s}\n'
             'scrape_configs:\n'
             f"  - {{job_name: apiphant, static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]}}\n")
-        port = free_port()
-        prometheus = subprocess.Popen(
-            ['prometheus', f'--config.file={folder / "prometheus.yml"}', f'--storage.tsdb.path={folder / "data"}',
-             f'--web.listen-address=127.0.0.1:{port}'],
-            stdout=subprocess.DEVNULL, stderr=(folder / 'prometheus.log').open('w'))
-        api = f'http://127.0.0.1:{port}'
+        log = folder / 'prometheus.log'
+        with log.open('w') as stderr:  # (Popen keeps its own copy of the descriptor)
+            prometheus = subprocess.Popen(
+                ['prometheus', f'--config.file={folder / "prometheus.yml"}', f'--storage.tsdb.path={folder / "data"}',
+                 '--web.listen-address=127.0.0.1:0'], stdout=subprocess.DEVNULL, stderr=stderr)
         try:
+            # Port 0: the kernel's choice, which Prometheus logs once it listens (no port taken meanwhile).
+            listening = wait_for(lambda: re.search(r'msg="Listening on" address=(127\.0\.0\.1:\d+)', log.read_text()),
+                                 timeout=60, interval=0.2)
+            api = f'http://{listening.group(1)}'
             wait_for(lambda: _get(f'{api}/-/ready') == 200, timeout=60, interval=0.2)
             send(server, count=25)
 

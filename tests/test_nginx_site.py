@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from apiphant.test import serve
-from support import ROOT, make_product, wait_for
+from support import ROOT, listening_ports, make_product, wait_for
 
 TEMPLATE = ROOT / 'playbooks' / 'roles' / 'nginx' / 'templates' / 'site.conf.j2'
 ANSIBLE = Path(sys.executable).with_name('ansible')
@@ -71,27 +71,42 @@ def site(tmp_path):
     for name in ('log', 'tmp'):
         (tmp_path / name).mkdir()
     product = make_product(tmp_path, 'shop', CHECKED)
-    with serve(product, '--no-access-log') as api:
-        nginx_port = free_port()
-        config = render(tmp_path, [free_port(), api.port], nginx_port)
-        checked = subprocess.run([NGINX, '-t', '-c', str(config), '-p', str(tmp_path)], capture_output=True,
-                                 text=True, timeout=60)
-        assert checked.returncode == 0, checked.stderr
-        nginx = subprocess.Popen([NGINX, '-c', str(config), '-p', str(tmp_path)], stderr=subprocess.PIPE)
+    # The port that never answers stays bound, never listened on, for the test: connections to it
+    # are refused, and no other process can take it meanwhile.
+    with serve(product, '--no-access-log') as api, socket.socket() as refusing:
+        refusing.bind(('127.0.0.1', 0))
+        for _ in range(5):  # nginx cannot listen on port 0: a port chosen free, again if taken meanwhile
+            nginx_port = free_port()
+            nginx = start_nginx(render(tmp_path, [refusing.getsockname()[1], api.port], nginx_port), tmp_path,
+                                nginx_port)
+            if nginx is not None:
+                break
+        else:
+            raise RuntimeError('5 ports chosen free were all taken before nginx bound them')
         try:
-            wait_for(lambda: _connects(nginx_port), timeout=30)
             yield f'http://127.0.0.1:{nginx_port}', tmp_path, product
         finally:
             nginx.terminate()
             nginx.wait(30)
 
 
-def _connects(port):
+def start_nginx(config, folder, port):
+    """nginx, once it listens on `port` itself; None if another process took the port first."""
+    checked = subprocess.run([NGINX, '-t', '-c', str(config), '-p', str(folder)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    nginx = subprocess.Popen([NGINX, '-c', str(config), '-p', str(folder)], stderr=subprocess.PIPE, text=True)
     try:
-        socket.create_connection(('127.0.0.1', port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+        wait_for(lambda: nginx.poll() is not None or port in listening_ports([nginx.pid]), timeout=30)
+    except AssertionError:
+        nginx.kill()
+        nginx.wait()
+        raise
+    if nginx.poll() is None:
+        return nginx
+    error = nginx.stderr.read()
+    assert 'Address already in use' in error, error
+    return None
 
 
 def test_request_ids_pass_through_nginx_and_are_logged(site):
@@ -113,7 +128,7 @@ def test_up_answers_for_the_balancer_without_details_and_metrics_stay_private(si
     reply = requests.get(f'{url}/up', timeout=10)  # one port refuses: the other answers
     assert reply.status_code == 200 and reply.json() == {'status': 'up'}
     (product / 'api' / 'down').touch()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # (the check runs at most once a second)
     while (reply := requests.get(f'{url}/up', timeout=10)).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert reply.status_code == 503 and reply.json() == {'status': 'down'}  # never the check's error

@@ -3,15 +3,15 @@
 import os
 import signal
 import socket
-from pathlib import Path
+from contextlib import ExitStack
 
 from apiphant.test import call, serve
-from support import log_has, make_product, wait_for
+from support import children, log_has, make_product, wait_for
 
 ECHO = '''
 def read(request):
-    """Say which version of the code answered."""
-    return {'version': %r}
+    """Say which version of the code answered, and from which file (no other test's server)."""
+    return {'version': %r, 'file': __file__}
 '''
 
 
@@ -21,17 +21,24 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def children(pid):
-    found = []
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+def serve_reloading(stack, product):
+    """`--reload` needs a fixed port (each new process binds it): one chosen free, and another if
+    something took it before the server bound it."""
+    for _ in range(5):
+        try:
+            return stack.enter_context(serve(product, '--reload', port=free_port()))
+        except RuntimeError as error:
+            if 'Address already in use' not in str(error):
+                raise
+    raise RuntimeError('5 ports chosen free were all taken before the server bound them')
+
+
+def write(path, text):
+    """Replace the file whole: `write_text` truncates, then writes, and a poll between the two would
+    see a change of its own (one restart more). The temporary name is not a .py, so not watched."""
+    temporary = path.with_name(path.name + '.new')
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def answers():
@@ -44,21 +51,22 @@ def answers():
 def test_reload_restarts_on_a_change_survives_a_broken_one_and_stops_cleanly(tmp_path):
     product = make_product(tmp_path, 'dev', {'api/v0/__init__.py': '', 'api/v0/echo.py': ECHO % 1})
     echo = product / 'api' / 'v0' / 'echo.py'
-    with serve(product, '--reload', port=free_port()) as server:
+    with ExitStack() as stack:
+        server = serve_reloading(stack, product)
         assert log_has(server, f'reload: watching {product} for .py changes (for development only)')
         assert log_has(server, 'reload on: development only')
-        assert answers() == (200, {'version': 1})
+        assert answers() == (200, {'version': 1, 'file': str(echo)})
 
-        echo.write_text(ECHO % 2)
-        wait_for(lambda: answers() == (200, {'version': 2}))
+        write(echo, ECHO % 2)
+        wait_for(lambda: answers() == (200, {'version': 2, 'file': str(echo)}), timeout=30)
         assert log_has(server, f'reload: {echo} changed, restarting')
 
         broken = product / 'api' / 'v0' / 'broken.py'
-        broken.write_text('def read(request):\n    return {\n')
-        wait_for(lambda: log_has(server, 'it starts again on the next change'))
+        write(broken, 'def read(request):\n    return {\n')
+        wait_for(lambda: log_has(server, 'it starts again on the next change'), timeout=30)
         assert log_has(server, 'cannot import dev.api.v0.broken: SyntaxError')
         broken.unlink()
-        wait_for(lambda: answers() == (200, {'version': 2}))
+        wait_for(lambda: answers() == (200, {'version': 2, 'file': str(echo)}), timeout=30)
 
         served = children(server.process.pid)
         assert len(served) == 1

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from apiphant.test import call, serve, test
-from support import EXAMPLE, KITCHEN, Connection, exchange, http_request, log_has, wait_for
+from support import EXAMPLE, KITCHEN, Connection, exchange, held_request, http_request, log_has, wait_for
 
 
 def slow_request(port, seconds, tag):
@@ -19,32 +19,38 @@ def slow_request(port, seconds, tag):
     return connection
 
 
-def test_a_slow_action_does_not_block_others():
+def test_a_slow_action_does_not_block_others(tmp_path):
+    gate = tmp_path / 'gate'
     with serve(KITCHEN) as server:
-        with slow_request(server.port, 3, 'slow') as slow:
+        with Connection(server.port, timeout=30) as slow:
+            slow.send(held_request(gate, 'slow'))
             wait_for(lambda: log_has(server, 'in flight: slow'))
-            test('process', 'read', {}, 200)
+            test('process', 'read', {}, 200)  # answered while the held action runs
             slow.sock.settimeout(0.01)
             with pytest.raises(socket.timeout):
-                slow.sock.recv(1)  # the slow one is still running while the other was answered
+                slow.sock.recv(1)  # (it is held until the gate opens)
             slow.sock.settimeout(30)
-            assert slow.answer().json() == {'slept': 3}
+            gate.touch()
+            assert slow.answer().json() == {'released': True}
 
 
-def test_sigterm_drains_in_flight_and_closes_idle():
-    with serve(KITCHEN, '--drain-timeout', '20') as server, Connection(server.port) as idle:
+def test_sigterm_drains_in_flight_and_closes_idle(tmp_path):
+    gate = tmp_path / 'gate'
+    with serve(KITCHEN, '--drain-timeout', '60') as server, Connection(server.port, timeout=30) as idle:
         idle.send(http_request('POST', '/api/v0/process/read'))
         assert 'pid' in idle.answer().json()
-        with slow_request(server.port, 1.5, 'drain') as busy:
+        with Connection(server.port, timeout=30) as busy:
+            busy.send(held_request(gate, 'drain'))
             wait_for(lambda: log_has(server, 'in flight: drain'))
             server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: log_has(server, 'draining'))
             assert idle.closes()  # the idle keep-alive connection is closed once idle DRAIN_IDLE s
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(('127.0.0.1', server.port), timeout=5)
+            gate.touch()  # the action ends only now, well inside the drain
             answer = busy.answer()
             assert (answer.status, answer.headers['connection']) == (200, 'close')
-            assert answer.json() == {'slept': 1.5}
+            assert answer.json() == {'released': True}
         assert server.process.wait(30) == 0
 
 
@@ -124,6 +130,7 @@ def test_many_concurrent_clients():
             thread.start()
         for thread in threads:
             thread.join(60)
+        assert not [thread for thread in threads if thread.is_alive()]  # (a hung client reports no error)
         assert errors == []
         assert server.process.poll() is None
 
@@ -140,7 +147,8 @@ def test_workers_share_the_port_and_a_dead_worker_is_replaced():
         assert answered <= {first, second}
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: log_has(server, f'worker pid {first} died (signal SIGKILL); starting another'))
-        wait_for(lambda: call('process', 'read', {})[1]['pid'] not in (first,))
+        # `second` answers all the while: only a pid outside both shows that a replacement serves.
+        wait_for(lambda: call('process', 'read', {})[1]['pid'] not in (first, second), timeout=30, interval=0.01)
         for _ in range(50):
             assert call('process', 'read', {})[0] == 200
         server.process.send_signal(signal.SIGTERM)

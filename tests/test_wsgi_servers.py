@@ -5,15 +5,13 @@ depend on apiphant's own server: JSON echo, errors, the escape hatches, its own 
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from apiphant.test import RunningServer, call, test
-from support import KITCHEN, exchange, http_request
+from support import KITCHEN, children, exchange, http_request, listening_ports, wait_for
 
 START_TIMEOUT = 30
 SERVERS = {
@@ -24,28 +22,19 @@ SERVERS = {
 }
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope='module', params=list(SERVERS), ids=list(SERVERS))
 def other_server(request):
-    port = free_port()
-    command = [sys.executable, *(part.format(port=port) for part in SERVERS[request.param])]
+    """The server on port 0, the kernel's choice, read from /proc: no port chosen free can be taken
+    meanwhile, and no start-up line to parse (each server words its own differently)."""
+    command = [sys.executable, *(part.format(port=0) for part in SERVERS[request.param])]
     process = subprocess.Popen(command, env={**os.environ, 'APIPHANT_PRODUCT': str(KITCHEN)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(('127.0.0.1', port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f'{request.param} did not start: {process.stderr.read()}')
-                time.sleep(0.05)  # (no line to wait for: each server words its start-up differently)
+        ports = wait_for(lambda: process.poll() is not None
+                         or listening_ports([process.pid, *children(process.pid)]), timeout=START_TIMEOUT)
+        if process.poll() is not None:
+            raise RuntimeError(f'{request.param} did not start: {process.stderr.read()}')
+        port, = ports
         with RunningServer(process, f'http://127.0.0.1:{port}/api/', []).use():
             yield port
     finally:
