@@ -6,6 +6,7 @@
 
     APIPHANT_TEST_LAB=d python benchmarks/deploy.py           (as root: the lab needs namespaces)
     APIPHANT_TEST_LAB=d python benchmarks/deploy.py --write   also write benchmarks/RESULTS.md
+    APIPHANT_TEST_LAB=d python benchmarks/deploy.py --profile  also where each run's time went
 
 Targets on a 2-core machine: unchanged at most 15 s, one line at most 30 s. The deploy runs as a
 user runs it, through deploy/'s fabfile and this checkout's playbooks and ansible.cfg; the controller's
@@ -13,7 +14,9 @@ wheel and release caches are the lab's own, so the first run builds them as a ne
 """
 
 import argparse
+import collections
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -42,10 +45,28 @@ def timed(command, cwd, env):
     return seconds, run.recap()
 
 
+def profile(times_file, seconds, slowest=15):
+    """Where a run's seconds went, from benchmarks/ansible_callbacks/task_times.py's lines: the
+    playbooks, fab's own time around them, and the slowest tasks (a task's runs added up)."""
+    runs = [json.loads(line) for line in times_file.read_text().splitlines()]
+    times_file.unlink()
+    in_playbooks = sum(run['ended'] - run['started'] for run in runs)
+    tasks = collections.Counter()
+    for run in runs:
+        for name, taken in run['tasks']:
+            tasks[name] += taken
+    lines = [f'    {len(runs)} playbook run(s) {in_playbooks:.1f} s, fab around them {seconds - in_playbooks:.1f} s, '
+             f'{sum(len(run["tasks"]) for run in runs)} tasks; the slowest:']
+    lines += [f'    {taken:6.2f}  {name}' for name, taken in tasks.most_common(slowest)]
+    return '\n'.join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--write', metavar='LABEL', help='write the table to benchmarks/RESULTS.md as '
                         'the section "Deploy, LABEL" (e.g. before, after)')
+    parser.add_argument('--profile', action='store_true', help="print each run's time in its playbooks, in "
+                        'fab around them, and its slowest tasks')
     args = parser.parse_args()
 
     # Stopped by SIGTERM (or SIGINT, ignored in a background job), it still removes its lab.
@@ -58,6 +79,10 @@ def main():
         shutil.copytree(ROOT / 'example', product, ignore=shutil.ignore_patterns('__pycache__', 'tests'))
         inventory = conftest.write_inventory(lab, product, [host], api_ports='[8001, 8002]')
         env = {**conftest.lab_environment(lab), 'FABRIC_INVENTORY': str(inventory)}
+        times_file = lab.workdir / 'task-times.jsonl'
+        if args.profile:
+            env.update(ANSIBLE_CALLBACK_PLUGINS=str(HERE / 'ansible_callbacks'), ANSIBLE_CALLBACKS_ENABLED='task_times',
+                       APIPHANT_TASK_TIMES=str(times_file))
         command = [Path(sys.executable).parent / 'fab', 'deploy', host.address]
         echo = product / 'myproduct' / 'api' / 'v0' / 'echo.py'
         rows = []
@@ -67,6 +92,8 @@ def main():
             seconds, recap = timed(command, ROOT / 'deploy', env)
             rows.append((name, seconds, recap.get(host.name, {}).get('changed', '?')))
             print(f'{name:<10} {seconds:6.1f} s  changed={rows[-1][2]}', file=sys.stderr)
+            if args.profile:
+                print(profile(times_file, seconds), file=sys.stderr)
     finally:
         lab.stop()
 

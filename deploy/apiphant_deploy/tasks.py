@@ -4,7 +4,8 @@ logs, fast failure, one line per step.
 
     fab deploy HOST          the site playbook on HOST: an inventory host's name or address
                              (user@host:port works), or a group: `fab deploy all` rolls out host by
-                             host, the API hosts first, then the load balancers (in inventory order)
+                             host, the API hosts first, then the load balancers (in inventory order);
+                             --full runs every role, even those whose stamp proves them unchanged
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
@@ -177,11 +178,13 @@ def reach(target):
                    f'over SSH: {error}') from None
 
 
-def playbook(c, target, name, what):
-    """Run one playbook limited to this host; on failure name the host and the task that failed."""
+def playbook(c, target, name, what, variables=None):
+    """Run one playbook limited to this host, with extra `variables`; on failure name the host and
+    the task that failed."""
     folder, playbook_name = playbook_source(c, name)
     step(target.name, f'{what}: ansible-playbook {playbook_name}')
-    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in target.overrides.items() if value)
+    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in {**target.overrides, **(variables or {})}.items()
+                     if value)
     option, stdin = vault(c)
     result = local(c, f'cd {quote(str(folder))} && {quote(ansible_tool("ansible-playbook"))} '
                       f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra}{option} '
@@ -212,17 +215,18 @@ HOSTS_FLAG = any(arg in ('-H', '--hosts') or arg.startswith(('--hosts=', '-H')) 
 host_task = task(positional=[] if HOSTS_FLAG else ['host'])
 
 
-def for_each(c, host, name, what, ask_vault_pass):
+def for_each(c, host, name, what, ask_vault_pass, variables=None):
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
-        playbook(c, target, name, what)
+        playbook(c, target, name, what, variables)
 
 
 @host_task
-def deploy(c, host=None, ask_vault_pass=False):
-    """Provision HOST (or each host of a group, one after another) and release the product there."""
-    for_each(c, host, 'site', 'deploy', ask_vault_pass)
+def deploy(c, host=None, ask_vault_pass=False, full=False):
+    """Provision HOST (or each host of a group, one after another) and release the product there;
+    --full runs every role, even those whose stamp proves their inputs unchanged since they converged."""
+    for_each(c, host, 'site', 'deploy', ask_vault_pass, {'apiphant_full': 'true' if full else ''})
 
 
 @host_task

@@ -18,6 +18,7 @@ SYSTEMS = tuple(PYTHONS)
 # What runs on one of them only: the roles' checks of the variables stop the run on the controller
 # the same way on every system, and only systemd brings services up at boot.
 ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
+           'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
 
@@ -117,11 +118,36 @@ def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host, l
     host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/log/x', key=lab.key)
 
 
+# A task of each role a stamp may skip, and whether it runs (ok or changed) when nothing changed.
+ROLE_TASKS = ('product : Create the product user, without a login shell', 'packages : Install the packages an API host needs',
+              "firewall : Check the firewall's ports are port numbers",
+              "supervisor : Write the product's Supervisor programs", 'nginx : Start nginx',
+              "logrotate : Write the logrotate configuration of the product's nginx logs")
+
+
 def test_a_second_run_changes_nothing(first_run, site, host):
-    run = site()
+    # With apiphant_full every role runs, as the first run: the roles themselves change nothing.
+    run = site('-e', 'apiphant_full=true')
     assert run.returncode == 0, run.output
     recap = run.recap()[host.name]
     assert recap['changed'] == 0 and recap['failed'] == 0, run.output
+    assert {task: run.outcome(task, host.name) for task in ROLE_TASKS} == dict.fromkeys(ROLE_TASKS, 'ok')
+
+
+def test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes(first_run, site, host, lab):
+    run = site()
+    assert run.returncode == 0 and run.recap()[host.name]['changed'] == 0, run.output
+    assert {task: run.outcome(task, host.name) for task in ROLE_TASKS} == dict.fromkeys(ROLE_TASKS, 'skipping')
+    # A variable of the packages role goes into its stamp only: that role runs again, the others not.
+    run = site('-e', 'packages_cache_valid_time=86401')
+    assert run.returncode == 0, run.output
+    assert [task for task in ROLE_TASKS if run.outcome(task, host.name) != 'skipping'] == [ROLE_TASKS[1]]
+    # nginx stopped: its stamp is the host's, but its role runs again and starts it.
+    on_host(host, lab, 'nginx -s stop; while [ -e /run/nginx.pid ]; do sleep 0.1; done')
+    run = site()
+    assert run.returncode == 0, run.output
+    assert run.outcome('nginx : Start nginx', host.name) == 'changed'
+    assert post(host.address, '/api/v0/echo/read', ECHO)[0] == 200
 
 
 def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, host, lab):

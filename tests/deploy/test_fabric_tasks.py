@@ -161,6 +161,13 @@ def test_deploy_by_positional_host_prints_its_steps_and_no_warning(deployed, hos
     assert served_by(host) == (200, 'deployed')
 
 
+def test_deploy_full_runs_every_role_whatever_the_stamps_say(deployed, fab, host):
+    run = fab('deploy', host.address, '--full')
+    assert run.returncode == 0, run.output
+    assert run.outcome('packages : Install the packages an API host needs', host.name) == 'ok'
+    assert run.outcome("supervisor : Write the product's Supervisor programs", host.name) == 'ok'
+
+
 def logs_of(lab, host):
     """What nginx and the API processes said, for a failure message."""
     log = '/opt/myproduct/log'

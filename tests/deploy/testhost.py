@@ -328,6 +328,13 @@ class PlaybookRun:
             hosts[host] = {key: int(value) for key, value in re.findall(r'(\w+)=(\d+)', counts)}
         return hosts
 
+    def outcome(self, task, host):
+        """What the task (ROLE : NAME) did on host, as the output says it: 'ok', 'changed', 'skipping'...;
+        None if the output has no such task for it."""
+        found = re.search(r'^(?:TASK|RUNNING HANDLER) \[' + re.escape(task) + r'\][^\n]*\n(?:.*\n)*?(\w+): \['
+                          + re.escape(host) + r'\]', self.output, re.M)
+        return found and found.group(1)
+
 
 def ssh_options(key):
     return ['-i', str(key), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
