@@ -103,7 +103,7 @@ def main():
     commit = subprocess.run(['git', '-C', str(ROOT), 'describe', '--always', '--dirty'], capture_output=True,
                             text=True).stdout.strip()
     text = (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, '
-            f'load average {load:.1f} as it started (a shared, busy machine); commit {commit}\n\n'
+            f'load average {load:.1f} as it started; commit {commit}\n\n'
             + '\n'.join(table) + '\n')
     print(text)
     if args.write:
