@@ -16,6 +16,8 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import testhost
+
 ECHO = {'hello': 'world'}
 ECHO_PATH = '/api/v0/echo/read'
 # The product's readiness check (api/health.py), failing while the test's file exists on the host.
@@ -271,9 +273,7 @@ def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_por
         served_while_down = load.wait_for_more(300)  # new requests while the port is down go to port 8002
         # Supervisor gives the new process its PID while it is STARTING (startsecs): restarted means
         # RUNNING under another PID.
-        deadline = time.monotonic() + 60
-        while not running_again(host, lab, program, pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        testhost.eventually(lambda: running_again(host, lab, program, pid), timeout=60)
         restarted = len(load.failures)
         served_after = load.wait_for_more(100)
     finally:
