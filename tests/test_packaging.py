@@ -76,3 +76,11 @@ def test_the_sdist_builds_the_same_package(dist):
     assert {'pyproject.toml', 'LICENSE', 'README.md', 'apiphant/cli.py', 'deploy/apiphant_deploy/tasks.py',
             'apiphant/skeleton/README.md.tmpl'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/')) for name in names)
+
+
+def test_the_deploy_installs_the_apiphant_released_with_it_unless_told_otherwise():
+    defaults = yaml.safe_load((ROOT / 'playbooks' / 'roles' / 'release' / 'defaults' / 'main.yml').read_text())
+    specs = yaml.safe_load((ROOT / 'playbooks' / 'roles' / 'release' / 'meta' / 'argument_specs.yml').read_text())
+    pinned = f'apiphant=={__version__}'
+    assert defaults['apiphant_package'] == pinned
+    assert specs['argument_specs']['main']['options']['apiphant_package']['default'] == pinned

@@ -1,9 +1,13 @@
 """From a release's files alone, as a user without a checkout of apiphant: the wheel and the
 collection tarball installed into a fresh virtualenv, `apiphant new shop`, then `fab deploy HOST`
-in shop/deploy, and the collection's site playbook changes nothing after it."""
+in shop/deploy, and the collection's site playbook changes nothing after it. The user's package
+index (a --find-links folder beside the public index) holds the release's wheel and the 2013
+apiphant 0.2.5: neither `pip install apiphant` nor the skeleton's pin may pick the old one."""
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import testhost
+from apiphant import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,12 +39,26 @@ def release(tmp_path_factory):
     return wheel, collection
 
 
+def the_2013_release():
+    """The 2013 apiphant's sdist, downloaded once into a cache outside the repository (a release on
+    the index never changes, so the cache cannot go stale)."""
+    cache = Path.home() / '.cache' / 'apiphant-tests' / 'index'
+    sdist = cache / 'apiphant-0.2.5.tar.gz'
+    if not sdist.exists():
+        check([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--dest', cache, 'apiphant==0.2.5'])
+    return sdist
+
+
 @pytest.fixture(scope='module')
 def user(release, tmp_path_factory):
     """A user's machine: a fresh HOME and virtualenv holding the wheel with its deploy extra and the
     collection, and an environment in which nothing leads to this checkout."""
     home = tmp_path_factory.mktemp('home')
     wheel, collection = release
+    links = home / 'index'
+    links.mkdir()
+    shutil.copy(wheel, links)
+    shutil.copy(the_2013_release(), links)
     venv = home / 'venv'
     control = home / 'cp'
     control.mkdir()
@@ -50,19 +69,20 @@ def user(release, tmp_path_factory):
         'PATH': os.pathsep.join([str(venv / 'bin')] + [part for part in os.environ['PATH'].split(os.pathsep)
                                                        if str(ROOT) not in part]),
         'PIP_CACHE_DIR': str(Path.home() / '.cache' / 'pip'),  # this machine's downloads, not its state
+        'PIP_FIND_LINKS': str(links),
         'LC_ALL': 'C.UTF-8', 'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_SSH_CONTROL_PATH_DIR': str(control),
     })
     check([BIN / 'virtualenv', '--quiet', '--python', sys.executable, venv], cwd=home, env=env)
-    check([venv / 'bin' / 'pip', 'install', '--quiet', f'{wheel}[deploy]'], cwd=home, env=env)
+    check([venv / 'bin' / 'pip', 'install', '--quiet', 'apiphant[deploy]'], cwd=home, env=env)
     check([venv / 'bin' / 'ansible-galaxy', 'collection', 'install', collection], cwd=home, env=env)
     yield home, env
     testhost.close_ssh_masters(control)
 
 
 @pytest.fixture(scope='module')
-def shop(user, lab, release):
+def shop(user, lab):
     """`apiphant new shop`, its inventory given a lab host (ports of its own: the example product,
-    deployed by the other tests, may be on the host), and apiphant from the release's wheel."""
+    deployed by the other tests, may be on the host); apiphant's pin left as `apiphant new` wrote it."""
     home, env = user
     host = lab.hosts[0]
     check(['apiphant', 'new', 'shop'], cwd=home, env=env)
@@ -73,8 +93,6 @@ def shop(user, lab, release):
         'staging.example.com ansible_user=root',
         f'{host.name} ansible_host={host.address} ansible_user=root '
         f"ansible_ssh_private_key_file={lab.key} ansible_ssh_common_args='{ssh_args}'")
-    # The lab's hosts and this machine's index know no release of apiphant: the release's wheel.
-    text = text.replace('apiphant_package=apiphant==', f'apiphant_package={release[0]}\n# was: apiphant==')
     inventory.write_text(text + 'api_ports=[9001]\nnginx_port=8080\n')
     # The collection installed from its tarball satisfies the product's requirements.yml offline.
     installed = check(['ansible-galaxy', 'collection', 'install', '--offline', '-r', 'requirements.yml'],
@@ -88,6 +106,19 @@ def deployed(shop, user, lab, command):
     run = command(['fab', 'deploy', lab.hosts[0].name], shop, user[1])
     assert run.returncode == 0, run.output[-4000:]
     return run
+
+
+def test_pip_and_the_skeletons_pin_pick_this_release_over_2013s(user, shop):
+    home, env = user
+    installed = check(['python', '-c', 'import apiphant; print(apiphant.__version__)'], cwd=home, env=env)
+    assert installed.stdout.strip() == __version__
+    assert f'apiphant_package=apiphant=={__version__}\n' in (shop / 'inventory.ini').read_text()
+
+
+def test_the_host_runs_exactly_the_users_apiphant(deployed, lab):
+    code = shlex.quote('import apiphant; print(apiphant.__version__)')
+    on_host = lab.hosts[0].ssh(f'/opt/shop/current/venv/bin/python -c {code}', key=lab.key).stdout
+    assert on_host.strip() == __version__
 
 
 def test_nothing_is_imported_from_the_checkout(user):
