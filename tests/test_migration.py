@@ -1,6 +1,6 @@
 """Coming from apiphant 0.2: its own functional test script, call by call, against an action kept
 in 0.2's shape (kitchen/api/v0/legacy.py), in process and live. Where an answer differs from 0.2's,
-the README's "Coming from apiphant 0.2" says so and what to change; the comment names the entry."""
+docs/product/migrating.md ("Coming from apiphant 0.2") says so and what to change; the comment names the entry."""
 
 import pytest
 

@@ -47,7 +47,7 @@ def test_vagrant_up_serves_the_example_and_provisions_idempotently():
     run = vagrantlab.rehearsal(ROOT)
     run.join(timeout=2 * 3600)
     assert not run.is_alive(), 'the vagrant rehearsal is still running after two hours'
-    print(', '.join(f'{step}: {seconds:.0f} s' for step, seconds in run.seconds.items()))  # README
+    print(', '.join(f'{step}: {seconds:.0f} s' for step, seconds in run.seconds.items()))  # for the test lab's Timings
     assert run.error is None or 'up' in run.results, run.error
 
     up = run.results['up']
