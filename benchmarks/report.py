@@ -85,6 +85,18 @@ def machine():
             f'Python {platform.python_version()}, {versions} (commit {commit}), {wrk_version.strip()}')
 
 
+# Over this one-minute load average the other work on the machine shifts ratios by up to 2x: such
+# a run's figures are kept, marked, and claim nothing.
+QUIET_LOAD = 1.0
+
+
+def load(started, ended):
+    """The load average as the run started and as it ended, and whether the run can claim anything."""
+    verdict = ('quiet machine' if max(started, ended) < QUIET_LOAD else
+               f'**loaded machine (load {QUIET_LOAD:g} or more): these ratios claim nothing**')
+    return f'load average {started:.2f} at the start, {ended:.2f} at the end: {verdict}'
+
+
 def write(title, command, text):
     """Replace this section of RESULTS.md (throughput or concurrency), keeping the other one."""
     sections = {}

@@ -1,5 +1,6 @@
 """The benchmark runs end to end (quick mode); it measures, it never passes or fails on timings."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ def benchmark(*arguments):
     result = subprocess.run([sys.executable, str(BENCHMARK), *arguments], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
+    # Every run says how loaded the machine was, and whether its ratios can claim anything.
+    assert re.search(r'load average \d+\.\d\d at the start, \d+\.\d\d at the end: (quiet|\*\*loaded) machine',
+                     result.stdout), result.stdout[:2000]
     return [line.split(' | ') for line in result.stdout.splitlines() if line.startswith('| ')]
 
 
