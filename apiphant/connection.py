@@ -44,8 +44,7 @@ import httptools
 from gevent import monkey
 
 from apiphant import requestid
-from apiphant.app import BODY_REFUSED, encode
-from apiphant.validation import ApiError
+from apiphant.errors import BODY_REFUSED, ApiError, encode
 
 log = logging.getLogger('apiphant')
 
