@@ -4,7 +4,7 @@ every value either of them sends.
 The server imports this module, never the framework's: an `ApiError` already knows its answer
 (status line and JSON body), so the server can send one for a request the app never sees.
 
-JSON forms (README, "What an action may return"): datetime, date and time as ISO 8601 (Python's
+JSON forms (README, "A product in one minute"): datetime, date and time as ISO 8601 (Python's
 `isoformat()`), a UUID as its string, a Decimal as a string of all its digits, a set or frozenset
 as a list, an Enum as its value. A Decimal is a string because most clients read every JSON number
 as a double (JavaScript's JSON.parse, Python's json, Go's default decoding): written as a number,
@@ -86,8 +86,8 @@ def _form(value):
 
 
 def _encoder(form):
-    # ujson, which reads the requests, cannot write them: it writes a Decimal as a double without
-    # asking `default`, so digits are lost (README, "Why Python's json writes the answers").
+    # Not ujson, which reads the requests: it writes a Decimal as a double without asking `default`,
+    # so digits are lost. Not orjson: it writes NaN as null.
     return json.JSONEncoder(separators=(', ', ': '), allow_nan=False, check_circular=False, default=form)
 
 
