@@ -53,15 +53,15 @@ class NotJson(TypeError):
     """A value with no JSON form; the message says where it is and what it is."""
 
 
-def encode(value, fallback=None):
+def encode(value, default=None):
     """`value` as JSON bytes, spaced as the seed shows it (`{"hello": "world"}`), every common type
     in its one form (see the module docstring).
 
     Python's C encoder writes dicts, lists, tuples, str, int, float, bool and None itself and calls
     `_form` only for other types, so a value made of those pays nothing for the conversions; only
-    when it fails is the value walked again, to say where. `fallback` (e.g. `str`) gives a value
+    when it fails is the value walked again, to say where. `default` (e.g. `str`) gives a value
     without a form one instead of refusing it; NaN and infinities are refused even then."""
-    encoder = _ENCODER if fallback is None else _encoder(_form_or(fallback))
+    encoder = _ENCODER if default is None else _encoder(_form_or(default))
     try:
         return encoder.encode(value).encode()
     except (TypeError, ValueError, RecursionError) as error:
@@ -94,12 +94,12 @@ def _encoder(form):
 _ENCODER = _encoder(_form)
 
 
-def _form_or(fallback):
+def _form_or(default):
     def form(value):
         try:
             return _form(value)
         except TypeError:
-            return fallback(value)
+            return default(value)
     return form
 
 

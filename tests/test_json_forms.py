@@ -74,4 +74,4 @@ def test_a_value_that_contains_itself_is_refused():
 
 
 def test_error_bodies_fall_back_to_text():
-    assert encode({'error': 'x', 'explain': b'raw'}, fallback=str) == b'{"error": "x", "explain": "b\'raw\'"}'
+    assert encode({'error': 'x', 'explain': b'raw'}, default=str) == b'{"error": "x", "explain": "b\'raw\'"}'
