@@ -259,6 +259,28 @@ def test_a_large_trailer_is_refused_and_never_held(server):
     assert peak_memory(server.process.pid) - peak_before < 4 * 1024 * 1024
 
 
+PIPELINE = [  # (request, the echo's answer): upgrades, chunks and trailers, sent in any pieces
+    (echo(b'4\r\n{"n"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\nX-T: 1\r\n\r\n', CHUNKED), {'n': 1}),
+    (echo(b'{"n": 2}', [('Connection', 'Upgrade'), ('Upgrade', 'h2c')], 'content-length'), {'n': 2}),
+    (echo([b'{"n":', b' 3}'], [('Connection', 'Upgrade'), ('Upgrade', 'websocket')], 'chunked'), {'n': 3}),
+    (echo(b'', [('Connection', 'Upgrade'), ('Upgrade', 'h2c')], 'content-length'), {}),
+    (echo(b'{"n": 5}', framing='content-length'), {'n': 5}),
+]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(1, sum(len(request) for request, _ in PIPELINE) - 1), max_size=12))
+def test_upgrades_chunks_and_trailers_read_the_same_whatever_the_reads(server, cuts):
+    data = b''.join(request for request, _ in PIPELINE)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    with Connection(server.port) as connection:
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start, end in zip(bounds, bounds[1:]):
+            connection.send(data[start:end])
+        answers = [connection.answer() for _ in PIPELINE]
+    assert [answer.json() for answer in answers] == [{**body, 'server': 'myproduct'} for _, body in PIPELINE]
+
+
 def peak_memory(pid):
     """The process's peak resident size in bytes (VmHWM), from /proc."""
     for line in open(f'/proc/{pid}/status'):
