@@ -141,7 +141,7 @@ class App:
             try:
                 body = encode(result)
             except NotJson as error:
-                # Its traceback would show only the encoder: where the value is and what it is help.
+                # Its traceback would show only the encoder; what helps is where the value is and what.
                 log.error('500 on %s: the result holds a value without a JSON form: %s', environ['PATH_INFO'], error)
                 raise ApiError(500) from None
         except ApiError as error:

@@ -8,12 +8,12 @@ How it reads and why:
   other than 1.0 and 1.1 (HTTP/0.9 included), CONNECT, a request line over MAX_URL (414), more
   than MAX_HEADERS header and trailer fields, a head or a trailer section over MAX_HEAD, and what
   RFC 9112 §3.2 says must be a 400: an HTTP/1.1 request without Host, two Host fields, a Host that
-  is not an RFC 3986 host and port. llhttp refuses raw bytes outside ASCII
-  in a request-target, which nginx and most servers accept: such a target is read as though they
-  were percent-encoded (the route table then answers 404).
+  is not an RFC 3986 host and port. llhttp refuses raw bytes outside ASCII in a request-target,
+  which nginx and most servers accept: such a target is read as though they were percent-encoded
+  (the route table then answers 404).
 - An Upgrade apiphant does not perform (h2c, websocket: it performs none) is ignored, as RFC 9110
   §7.8 allows, and the request answered over HTTP/1.1: curl --http2 and Java's HttpClient ask for
-  h2c on their first request. httptools makes llhttp stop at the end of an upgrading request's
+  h2c over plain HTTP. httptools makes llhttp stop at the end of an upgrading request's
   head, so its body is read by a fresh parser, fed a made-up head with the same framing first.
 - Trailer fields (after a chunked body) are read and dropped (RFC 9110 §6.5.1 lets a server).
 - llhttp calls back while it parses one read, which may hold several pipelined requests: they are
