@@ -6,7 +6,7 @@ The server imports this module, never the framework's: an `ApiError` already kno
 
 JSON forms (README, "A product in one minute"): datetime, date and time as ISO 8601 (Python's
 `isoformat()`), a UUID as its string, a Decimal as a string of all its digits, a set or frozenset
-as a list, an Enum as its value. A Decimal is a string because most clients read every JSON number
+as a list, an Enum as its value, any other mapping and a dataclass instance as an object. A Decimal is a string because most clients read every JSON number
 as a double (JavaScript's JSON.parse, Python's json, Go's default decoding): written as a number,
 `12345678901234567890.123456789` would still reach them as 1.2345678901234567e+19, while a string
 keeps every digit for a client to read with its own decimal type, as Django REST framework and
@@ -14,12 +14,14 @@ Pydantic do. NaN, infinities, bytes and any other object have no form: `encode` 
 `NotJson`, naming where the value is and what it is (`items[3].price: bytes`).
 """
 
+import dataclasses
 import datetime
 import decimal
 import enum
 import json
 import math
 import uuid
+from collections.abc import Mapping
 from http import HTTPStatus
 
 BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
@@ -82,6 +84,10 @@ def _form(value):
         return list(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, Mapping):  # (a database row's mapping, a MappingProxyType)
+        return dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     raise TypeError(f'{type(value).__qualname__} has no JSON form')
 
 

@@ -14,10 +14,18 @@ from support import IN_PROCESS_OR_LIVE, in_process_or_live, log_has, make_produc
 VALUES = {'api/v0/values.py': """
 '''Answers with a value of the kind asked for, to show each kind's JSON form (or its refusal).'''
 
+import dataclasses
 import datetime
 import decimal
 import enum
+import types
 import uuid
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    at: datetime.date
 
 
 class Size(enum.Enum):
@@ -41,6 +49,8 @@ VALUES = {
     'int enum': Level.HIGH,
     'tuple': (1, 'two'),
     'big int': 2 ** 70,
+    'mapping': types.MappingProxyType({'a': 1}),
+    'dataclass': Point(1, datetime.date(2026, 12, 6)),
     'bytes': b'plain ascii',
     'object': object(),
     'nan': float('nan'),
@@ -87,6 +97,8 @@ FORMS = [
     ('int enum', 3),
     ('tuple', [1, 'two']),
     ('big int', 2 ** 70),
+    ('mapping', {'a': 1}),
+    ('dataclass', {'x': 1, 'at': '2026-12-06'}),
 ]
 
 REFUSED = [
