@@ -12,12 +12,11 @@ import sys
 import ujson
 
 from apiphant import routes
-from apiphant.validation import ApiError
+from apiphant.errors import BODY_REFUSED, ApiError, NotJson, encode  # (also imported from here)
 
 log = logging.getLogger('apiphant')
 
 MAX_BODY = 1024 * 1024
-BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
 # ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
@@ -111,12 +110,6 @@ def _is_sound(value):
     return True
 
 
-def encode(result, default=None):
-    """JSON as the seed shows it ({"hello": "world"}); NaN and infinities are not JSON, so refused."""
-    return ujson.dumps(result, separators=(', ', ': '), escape_forward_slashes=False, allow_nan=False,
-                       default=default).encode()
-
-
 class App:
     """Serves a route table as a WSGI application."""
 
@@ -145,7 +138,12 @@ class App:
             elif not isinstance(result, dict):
                 raise TypeError(f'{route.path} returned {type(result).__name__}; '
                                 f'an action returns a dict or None')
-            body = encode(result)
+            try:
+                body = encode(result)
+            except NotJson as error:
+                # Its traceback would show only the encoder; what helps is where the value is and what.
+                log.error('500 on %s: the result holds a value without a JSON form: %s', environ['PATH_INFO'], error)
+                raise ApiError(500) from None
         except ApiError as error:
             return self.error(environ, start_response, error)
         except Exception:

@@ -5,10 +5,17 @@ How it reads and why:
   line, a bare LF, two Content-Lengths, Content-Length beside Transfer-Encoding, a bad chunk size
   are refused, so no proxy in front can be made to read a request differently (request smuggling).
   On top of llhttp this refuses a transfer coding other than a lone `chunked`, an HTTP version
-  other than 1.0 and 1.1 (HTTP/0.9 included), upgrades, a request line over MAX_URL (414), more
-  than MAX_HEADERS headers or a head over MAX_HEAD (400). llhttp refuses raw bytes outside ASCII
-  in a request-target, which nginx and most servers accept: such a target is read as though they
-  were percent-encoded (the route table then answers 404).
+  other than 1.0 and 1.1 (HTTP/0.9 included), CONNECT, a request line over MAX_URL (414), more
+  than MAX_HEADERS header and trailer fields, a head or a trailer section over MAX_HEAD, and what
+  RFC 9112 §3.2 says must be a 400: an HTTP/1.1 request without Host, two Host fields, a Host that
+  is not an RFC 3986 host and port. llhttp refuses raw bytes outside ASCII in a request-target,
+  which nginx and most servers accept: such a target is read as though they were percent-encoded
+  (the route table then answers 404).
+- An Upgrade apiphant does not perform (h2c, websocket: it performs none) is ignored, as RFC 9110
+  §7.8 allows, and the request answered over HTTP/1.1: curl --http2 and Java's HttpClient ask for
+  h2c over plain HTTP. httptools makes llhttp stop at the end of an upgrading request's
+  head, so its body is read by a fresh parser, fed a made-up head with the same framing first.
+- Trailer fields (after a chunked body) are read and dropped (RFC 9110 §6.5.1 lets a server).
 - llhttp calls back while it parses one read, which may hold several pipelined requests: they are
   collected, then answered in order, and the answers to one read go out in one send; with
   TCP_NODELAY a keep-alive client never meets the 40 ms delayed-ACK stall of two writes.
@@ -32,7 +39,9 @@ How it reads and why:
 """
 
 import io
+import ipaddress
 import logging
+import re
 import socket
 import sys
 import time
@@ -44,8 +53,7 @@ import httptools
 from gevent import monkey
 
 from apiphant import requestid
-from apiphant.app import BODY_REFUSED, encode
-from apiphant.validation import ApiError
+from apiphant.errors import BODY_REFUSED, ApiError, encode
 
 log = logging.getLogger('apiphant')
 
@@ -61,6 +69,10 @@ NEVER = float('inf')
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
 _NO_BODY_STATUSES = ('1', '204', '304')
 _poll, _POLLIN = monkey.get_original('select', ['poll', 'POLLIN'])  # a check that never waits
+# RFC 9110 §7.2: Host is uri-host [":" port], uri-host as RFC 3986 §3.2.2 has it: an IPv6 (or
+# IPvFuture) literal in brackets, or a reg-name (an IPv4 address is one); it may be empty.
+_HOST = re.compile(r"(?:\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+)\]"
+                   r"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
 
 
 def closing_response(status_code):
@@ -114,7 +126,8 @@ class _Refused(Exception):
 
 
 class _Request:
-    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done', 'id')
+    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done',
+                 'in_trailer', 'id')
 
     def __init__(self, started):
         self.url = b''
@@ -126,6 +139,7 @@ class _Request:
         self.method = ''
         self.keep_alive = False
         self.head_done = False
+        self.in_trailer = False  # a chunk header came, and no data after it yet: maybe the last chunk's
         self.id = requestid.NONE
 
 
@@ -146,8 +160,11 @@ class Connection:
         self.refusal = None  # status code of a request refused while parsing, answered by the server
         self.linger = False  # input is left unread (a refused body, pipelined requests): close gracefully
         self.continue_wanted = False
-        self.began = False  # a request began in the read being parsed
-        self.head_bytes = 0
+        self.began = False  # a request (or a chunk, maybe the last) began in the read being parsed
+        self.head_bytes = 0  # of the head, or of the trailer section, being read
+        self.valid_host = None  # the last Host checked: a keep-alive client sends the same each time
+        self.resume_head = None  # for a request with an Upgrade: its framing, as a head (see _parse)
+        self.resuming = False  # a fresh parser reads that head: it belongs to the request being read
         self.aborted = False
         self.status = None
         self.response_headers = None
@@ -157,6 +174,8 @@ class Connection:
     # -- llhttp's callbacks ------------------------------------------------------------------------
 
     def on_message_begin(self):
+        if self.resuming:
+            return
         now = time.monotonic()
         self.request = _Request(now)
         self.began = True
@@ -165,6 +184,8 @@ class Connection:
         self.deadline = now + self.server.options.request_timeout
 
     def on_url(self, url):
+        if self.resuming:
+            return
         request = self.request
         request.url += url
         if len(request.url) > MAX_URL:
@@ -177,13 +198,14 @@ class Connection:
             self._refuse(400, f'more than {MAX_HEADERS} headers')
 
     def on_headers_complete(self):
+        if self.resuming:
+            self.resuming = False
+            return
         parser, request = self.parser, self.request
         request.head_done = True
         version = parser.get_http_version()
         if version not in ('1.1', '1.0'):
             self._refuse(400, f'HTTP version {version}')
-        if parser.should_upgrade():
-            self._refuse(400, 'upgrade or CONNECT request')
         environ = self.server.environ.copy()
         length = None
         codings = []
@@ -192,7 +214,12 @@ class Connection:
             key = _WSGI_NAMES.get(name) or _wsgi_name(name)
             if key[0] == 'H':
                 text = value.decode('latin-1')
-                environ[key] = environ[key] + ',' + text if key in environ else text
+                if key in environ:
+                    if key == 'HTTP_HOST':
+                        self._refuse(400, 'two Host fields')
+                    environ[key] = environ[key] + ',' + text
+                else:
+                    environ[key] = text
                 if key == 'HTTP_EXPECT':
                     expect = value.lower()
             elif key == 'CONTENT_LENGTH':
@@ -203,6 +230,14 @@ class Connection:
                 environ[key] = value.decode('latin-1')
         if codings and (len(codings) > 1 or codings[0].lower() != b'chunked'):
             self._refuse(400, f'unsupported Transfer-Encoding {b", ".join(codings).decode("latin-1")!r}')
+        host = environ.get('HTTP_HOST')
+        if host is None:
+            if version == '1.1':
+                self._refuse(400, 'no Host')
+        elif host != self.valid_host:
+            if not _is_host(host):
+                self._refuse(400, f'invalid Host {host[:100]!r}')
+            self.valid_host = host
         method = request.method = parser.get_method().decode('latin-1')
         path, _, query = request.url.partition(b'?')
         if path[:1] != b'/' and b'://' in path:  # absolute-form, as sent to proxies
@@ -217,9 +252,23 @@ class Connection:
         if length is not None and length > self.server.options.max_body:
             self._refuse_body(f'Content-Length {length}')
         self.continue_wanted = expect == b'100-continue' and version == '1.1' and bool(length or codings)
+        if parser.should_upgrade():
+            if method == 'CONNECT':
+                self._refuse(400, 'CONNECT request')
+            self.resume_head = b'POST / HTTP/1.1\r\n%s%s\r\n\r\n' % (
+                b'Transfer-Encoding: chunked' if codings else b'Content-Length: %d' % (length or 0),
+                b'' if parser.should_keep_alive() else b'\r\nConnection: close')
+
+    def on_chunk_header(self):
+        # llhttp does not say which chunk is the last: each chunk header starts counting as a head
+        # does (see _feed), and the chunk's data stops it; after the last one, the trailer section.
+        self.request.in_trailer = True
+        self.began = True
+        self.head_bytes = 0
 
     def on_body(self, chunk):
         request = self.request
+        request.in_trailer = False
         request.body.append(chunk)
         request.size += len(chunk)
         self.continue_wanted = False
@@ -227,6 +276,8 @@ class Connection:
             self._refuse_body('chunked body over the limit')
 
     def on_message_complete(self):
+        if self.resume_head is not None:  # only the end of the head of a request with an Upgrade
+            return
         self._complete(b''.join(self.request.body), self.parser.should_keep_alive())
 
     def _complete(self, body, keep_alive):
@@ -280,28 +331,42 @@ class Connection:
         self.began = False
         try:
             try:
-                self.parser.feed_data(data)
+                self._parse(data)
             except httptools.HttpParserInvalidURLError:
                 retry = fresh and not self.ready and _percent_encoded_target(data)
                 if not retry:
                     raise
                 self.parser = httptools.HttpRequestParser(self)
-                self.parser.feed_data(retry)
+                self._parse(retry)
         except httptools.HttpParserError as error:
             if self.refusal is None and not self.linger:
                 log.info('bad request from %s: %s', self.address[0], error)
                 self.refusal = 400
             return
-        except httptools.HttpParserUpgrade:  # (should_upgrade refuses these first)
-            self.refusal = 400
-            return
         request = self.request
-        if request is not None and not request.head_done and not self.began:
-            # A read that began the request is not counted: a head may be up to one read larger.
+        if request is not None and (not request.head_done or request.in_trailer) and not self.began:
+            # A read that began the request (or the chunk) is not counted: a head or a trailer
+            # section may be up to one read larger. llhttp holds each field whole until it ends.
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD:
-                log.info('bad request from %s: head over %d bytes', self.address[0], MAX_HEAD)
+                where = 'trailer section' if request.head_done else 'head'
+                log.info('bad request from %s: %s over %d bytes', self.address[0], where, MAX_HEAD)
                 self.refusal = 400
+
+    def _parse(self, data):
+        """Feed llhttp one read. At the end of the head of a request with an Upgrade, httptools stops
+        llhttp, which ends the request there; to read its body as HTTP/1.1, a fresh parser is fed
+        the request's framing as a made-up head (its callbacks skip it), then the rest of the read."""
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                head, self.resume_head = self.resume_head, None
+                self.parser = httptools.HttpRequestParser(self)
+                self.resuming = True
+                self.parser.feed_data(head)
+                data = memoryview(data)[upgrade.args[0]:]
 
     def _answer(self):
         """Answer every request this read completed, then any refusal; False when closing."""
@@ -565,6 +630,19 @@ def _wsgi_name(name):
     if len(_WSGI_NAMES) < _WSGI_NAMES_MAX and len(name) <= _WSGI_NAME_CACHED:
         _WSGI_NAMES[name] = key
     return key
+
+
+def _is_host(host):
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return False
+    literal = match.group('ipv6')
+    if literal:
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+    return True
 
 
 def _percent_encoded_target(data):

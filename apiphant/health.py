@@ -15,7 +15,7 @@ import time
 
 import gevent
 
-from apiphant.app import encode
+from apiphant.errors import encode
 from apiphant.routes import ProductError, import_product_module
 
 DEFAULT_PATH = '/up'

@@ -5,28 +5,8 @@ any depth and the app only has to send what the error carries.
 """
 
 import functools
-from http import HTTPStatus
 
-_NO_BODY_STATUSES = {204, 205, 304}
-
-
-class ApiError(Exception):
-    """Answer the client with `status_code` and `{"error": error or "<code> <reason>"}`."""
-
-    def __init__(self, status_code, error=None, **details):
-        if not isinstance(status_code, int) or isinstance(status_code, bool) \
-                or not 200 <= status_code <= 599 or status_code in _NO_BODY_STATUSES:
-            raise ValueError(f'ApiError needs an HTTP status code from 200 to 599 that allows a body, '
-                             f'not {status_code!r}')
-        try:
-            reason = HTTPStatus(status_code).phrase
-        except ValueError:
-            reason = 'Unknown'
-        self.status_code = status_code
-        self.status = f'{status_code} {reason}'
-        self.error = error or self.status
-        self.body = {'error': self.error, **details}
-        super().__init__(self.error)
+from apiphant.errors import ApiError  # (defined where the server can use it; imported from here too)
 
 
 class _FieldError(ApiError):

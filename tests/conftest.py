@@ -2,8 +2,8 @@
 
 import pytest
 
-from apiphant.test import client, serve
-from support import EXAMPLE, KITCHEN
+from apiphant.test import serve
+from support import EXAMPLE, IN_PROCESS_OR_LIVE, KITCHEN, in_process_or_live
 
 
 @pytest.fixture(scope='module')
@@ -32,11 +32,8 @@ def example(example_server):
         yield example_server
 
 
-@pytest.fixture(params=['in process', 'live'])
+@pytest.fixture(params=IN_PROCESS_OR_LIVE)
 def kitchen_either(request):
     """The kitchen product through the in-process client, then through a real server."""
-    if request.param == 'in process':
-        with client(KITCHEN):
-            yield request.param
-    else:
-        yield request.getfixturevalue('kitchen')
+    with in_process_or_live(request, KITCHEN, 'kitchen_server'):
+        yield request.param

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from apiphant.test import client
+
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 EXAMPLE = ROOT / 'example' / 'myproduct'
@@ -244,3 +246,14 @@ def wait_for(condition, timeout=30.0, interval=0.02):
 
 def log_has(server, text):
     return any(text in line for line in list(server.log))
+
+
+IN_PROCESS_OR_LIVE = ['in process', 'live']
+
+
+def in_process_or_live(request, product, server_fixture):
+    """For a fixture parametrized with IN_PROCESS_OR_LIVE: a `with` block in which `config` points at
+    the product's app in this process, or at the real server that the fixture `server_fixture` runs."""
+    if request.param == 'in process':
+        return client(product)
+    return request.getfixturevalue(server_fixture).use()

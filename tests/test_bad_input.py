@@ -2,6 +2,7 @@
 close, never a crash, never a traceback; afterwards the server still answers a normal echo."""
 
 import json
+import select
 import socket
 
 import pytest
@@ -170,7 +171,22 @@ ABUSE = [
     ('unknown transfer coding', echo(TWO_BYTES, [('Transfer-Encoding', 'gzip, chunked')]), 400),
     ('two Transfer-Encodings', echo(TWO_BYTES, [*CHUNKED, ('Transfer-Encoding', 'identity')]), 400),
     ('Transfer-Encoding with space', echo(TWO_BYTES, [('Transfer-Encoding ', 'chunked')]), 400),
+    ('HTTP/1.1 without Host', echo(b'{}', framing='content-length', host=None), 400),
+    ('two Host fields', echo(b'{}', [('Host', 'other')], 'content-length'), 400),
+    ('two equal Host fields', echo(b'{}', [('Host', 'test')], 'content-length'), 400),
+    ('two Host fields in HTTP/1.0', echo(b'{}', [('Host', 'other')], 'content-length', version='HTTP/1.0'), 400),
+    *[(f'Host {host!r}', echo(b'{}', framing='content-length', host=host), 400) for host in (
+        'a b', 'a/b', 'user@a', 'a?b', 'a#b', '[::1', '::1', '[zz::1]', '[1:2:3]', 'a:80x', 'a:b:c',
+        '%zz.example', 'é.example', '"a"', '<a>', 'a\\b')],
+    ('invalid Host in HTTP/1.0', echo(b'{}', framing='content-length', version='HTTP/1.0', host='a b'), 400),
+    ('CONNECT', http_request('CONNECT', 'test:443', framing=None, host='test:443'), 400),
+    ('trailer section over 64 KiB', echo(b'2\r\n{}\r\n0\r\nX-Big: ' + b'a' * 200_000 + b'\r\n\r\n', CHUNKED), 400),
+    ('more than 100 trailer fields', echo(b'2\r\n{}\r\n0\r\n' + b''.join(b'X-T%d: 1\r\n' % n for n in range(101))
+                                         + b'\r\n', CHUNKED), 400),
 ]
+
+VALID_HOSTS = ['example.com', 'example.com:8001', '127.0.0.1:8001', '[::1]:8001', '[::ffff:10.0.0.1]', '',
+               'under_score.example', 'example.com:', '%41.example', 'xn--bcher-kva.example', '[v1.fe80::a]']
 
 PATHS = [b'/api/v0/../../echo/read', b'/api/v0/%2e%2e/echo/read', b'/api/%2e%2e/v0/echo/read',
          b'/api/v0/echo%00/read', b'/api/v0/echo\x00/read', '/api/v0/échø/read'.encode(),
@@ -189,6 +205,88 @@ def test_http_abuse_gets_a_json_error_and_a_close(server, name, data, status):
         assert answer.headers['connection'] == 'close'
         assert 'error' in answer.json()
         assert connection.closes()
+
+
+@pytest.mark.parametrize('host', VALID_HOSTS)
+def test_any_rfc_3986_host_and_port_is_served(server, host):
+    answer = exchange(server.port, echo(b'{}', framing='content-length', host=host))
+    assert (answer.status, answer.json()) == (200, {'server': 'myproduct'})
+
+
+def test_http_1_0_needs_no_host(server):
+    answer = exchange(server.port, echo(b'{}', framing='content-length', version='HTTP/1.0', host=None))
+    assert (answer.status, answer.json()) == (200, {'server': 'myproduct'})
+
+
+def test_trailer_fields_are_read_and_dropped(server):
+    with Connection(server.port) as connection:
+        connection.send(echo(b'2\r\n{}\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n', CHUNKED),
+                        echo(b'{"n": 2}', framing='content-length'))
+        assert connection.answer().json() == {'server': 'myproduct'}
+        assert connection.answer().json() == {'n': 2, 'server': 'myproduct'}
+
+
+def test_a_trailer_section_may_arrive_a_piece_at_a_time(server):
+    """The 64 KiB are counted from the last chunk: a trailer after a body of a full read is fine."""
+    with Connection(server.port) as connection:
+        body = b'{"a": "' + b'x' * 100_000 + b'"}'
+        connection.send(echo(b'%x\r\n%s\r\n0\r\n' % (len(body), body), CHUNKED))
+        for number in range(20):
+            connection.send(b'X-T%d: %s\r\n' % (number, b'y' * 1000))
+        connection.send(b'\r\n')
+        assert connection.answer().status == 200
+
+
+def test_a_large_trailer_is_refused_and_never_held(server):
+    """16 MiB of one trailer field: refused when the trailer passes the head's limit, the rest
+    read and dropped; the server's peak memory does not grow by the trailer's size."""
+    peak_before = peak_memory(server.process.pid)
+    with Connection(server.port) as connection:
+        connection.send(echo(b'2\r\n{}\r\n0\r\nX-Big: ', CHUNKED))
+        piece = b'a' * 65536
+        try:
+            for _ in range(16 * 16):
+                if select.select([connection.sock], [], [], 0)[0]:
+                    break  # the answer came
+                connection.sock.sendall(piece)
+            else:
+                connection.sock.sendall(b'\r\n\r\n')
+        except OSError:
+            pass  # the server closed: its answer is still there to read
+        answer = connection.answer()
+        assert (answer.status, answer.headers['connection']) == (400, 'close')
+        assert connection.closes()
+    assert peak_memory(server.process.pid) - peak_before < 4 * 1024 * 1024
+
+
+PIPELINE = [  # (request, the echo's answer): upgrades, chunks and trailers, sent in any pieces
+    (echo(b'4\r\n{"n"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\nX-T: 1\r\n\r\n', CHUNKED), {'n': 1}),
+    (echo(b'{"n": 2}', [('Connection', 'Upgrade'), ('Upgrade', 'h2c')], 'content-length'), {'n': 2}),
+    (echo([b'{"n":', b' 3}'], [('Connection', 'Upgrade'), ('Upgrade', 'websocket')], 'chunked'), {'n': 3}),
+    (echo(b'', [('Connection', 'Upgrade'), ('Upgrade', 'h2c')], 'content-length'), {}),
+    (echo(b'{"n": 5}', framing='content-length'), {'n': 5}),
+]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(1, sum(len(request) for request, _ in PIPELINE) - 1), max_size=12))
+def test_upgrades_chunks_and_trailers_read_the_same_whatever_the_reads(server, cuts):
+    data = b''.join(request for request, _ in PIPELINE)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    with Connection(server.port) as connection:
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start, end in zip(bounds, bounds[1:]):
+            connection.send(data[start:end])
+        answers = [connection.answer() for _ in PIPELINE]
+    assert [answer.json() for answer in answers] == [{**body, 'server': 'myproduct'} for _, body in PIPELINE]
+
+
+def peak_memory(pid):
+    """The process's peak resident size in bytes (VmHWM), from /proc."""
+    for line in open(f'/proc/{pid}/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f'no VmHWM for {pid}')
 
 
 @pytest.mark.parametrize('path', PATHS, ids=[repr(path)[2:40] for path in PATHS])

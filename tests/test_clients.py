@@ -84,6 +84,18 @@ def test_100_continue_is_a_413_without_reading_when_the_body_is_too_large(stream
     assert json.loads(result.stdout) == {'error': '413 Request Entity Too Large'}
 
 
+@pytest.mark.parametrize('body', [[], ['--data-binary', '{"hello": "h2c"}']], ids=['no body', 'a body'])
+def test_curl_http2_asks_for_h2c_and_is_answered_over_http_1_1(example, body):
+    result = subprocess.run(['curl', '-sS', '-v', '--http2', '-X', 'POST', *body, url(example), url(example)],
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert b'> Upgrade: h2c' in result.stderr
+    assert result.stderr.count(b'< HTTP/1.1 200 OK') == 2
+    assert b'Re-using existing connection' in result.stderr  # still HTTP/1.1, kept alive
+    expected = {'hello': 'h2c', 'server': 'myproduct'} if body else {'server': 'myproduct'}
+    assert [json.loads(line) for line in result.stdout.replace(b'}{', b'}\n{').splitlines()] == [expected] * 2
+
+
 def test_requests_keeps_one_connection_alive(streams):
     with requests.Session() as session:
         clients = {tuple(session.post(url(streams, '/api/v0/stream/delete'), timeout=10).json()['client'])

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -232,3 +233,52 @@ def test_access_log_line_per_request_without_body(example):
     assert all('secret-body-text' not in line for line in example.log)
     duration, request_id = lines[-1].split()[-2:]  # the line ends with the duration and the request ID
     assert duration.endswith('ms') and len(request_id) > 16
+
+
+H2C = [('Connection', 'Upgrade, HTTP2-Settings'), ('Upgrade', 'h2c'), ('HTTP2-Settings', 'AAMAAABkAARAAP__AAIAAAAA')]
+WEBSOCKET = [('Connection', 'keep-alive, Upgrade'), ('Upgrade', 'websocket'), ('Sec-WebSocket-Version', '13'),
+             ('Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ==')]
+
+
+@pytest.mark.parametrize('upgrade', [H2C, WEBSOCKET], ids=['h2c', 'websocket'])
+@pytest.mark.parametrize('framing', ['content-length', 'chunked'])
+def test_an_upgrade_is_ignored_and_the_request_answered_over_http_1_1(example, upgrade, framing):
+    """RFC 9110 §7.8: the body is read as HTTP/1.1, and the connection stays HTTP/1.1 after it."""
+    with Connection(example.port) as connection:
+        connection.send(http_request('POST', '/api/v0/echo/read', [b'{"a": ', b'"b"}'], upgrade, framing),
+                        http_request('POST', '/api/v0/echo/read', b'{"n": 2}', upgrade),
+                        http_request('POST', '/api/v0/echo/read', b'{"n": 3}'))
+        answers = [connection.answer() for _ in range(3)]
+    assert [answer.status for answer in answers] == [200, 200, 200]
+    assert [answer.json() for answer in answers] == [{'a': 'b', 'server': 'myproduct'},
+                                                     {'n': 2, 'server': 'myproduct'},
+                                                     {'n': 3, 'server': 'myproduct'}]
+    assert not any('upgrade' in answer.headers for answer in answers)
+
+
+def test_an_upgrade_without_a_body_and_one_that_closes(example):
+    with Connection(example.port) as connection:
+        connection.send(http_request('POST', '/api/v0/echo/read', framing=None, headers=H2C),
+                        http_request('POST', '/api/v0/echo/read', b'{}', [('Connection', 'close, Upgrade'),
+                                                                          ('Upgrade', 'h2c')]))
+        assert connection.answer().json() == {'server': 'myproduct'}
+        answer = connection.answer()
+        assert (answer.status, answer.headers['connection']) == (200, 'close')
+        assert connection.closes()
+
+
+def test_an_upgrade_arriving_a_byte_at_a_time(example):
+    request = http_request('POST', '/api/v0/echo/read', b'{"slow": true}', H2C)
+    with Connection(example.port) as connection:
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in range(len(request)):
+            connection.send(request[byte:byte + 1])
+        assert connection.answer().json() == {'slow': True, 'server': 'myproduct'}
+
+
+def test_an_upgrade_with_a_body_over_the_limit_is_413(kitchen):
+    with Connection(kitchen.port) as connection:
+        connection.send(http_request('POST', '/api/v0/things/create', headers=[*H2C, ('Content-Length', 2097152)],
+                                     framing=None))
+        assert connection.answer().status == 413
+        assert connection.closes()
