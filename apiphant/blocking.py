@@ -54,8 +54,8 @@ def watch(milliseconds, routes):
             return
         last[0] = incident
         frame = sys._current_frames().get(hub.thread_ident)
-        if frame is None:
-            return  # (the thread has gone since gevent looked)
+        if frame is None or event.greenlet.gr_frame is not None:
+            return  # the greenlet has let go since gevent looked: that frame is someone else's
         action = next((actions[code] for code in _codes(frame) if code in actions), None)
         log.warning('the event loop was held over %g ms by %s; the stack:\n%s', milliseconds,
                     f'the action {action}' if action else 'code outside any action',

@@ -219,13 +219,33 @@ def lifespan():
     yield
 '''
 
+PSYCOPG2_ACTION = '''
+import os
+
+import psycopg2
+
+
+def read(request):
+    connection = psycopg2.connect(os.environ['DATABASE_URL'])
+    try:
+        connection.cursor().execute('SELECT pg_sleep(0.3)')
+    finally:
+        connection.close()
+    return {}
+'''
+
 
 @pytest.mark.parametrize('cooperative', [False, True])
-def test_psycopg2_without_a_wait_callback_is_warned_about_at_start_up(tmp_path, cooperative):
+def test_psycopg2_without_a_wait_callback_is_warned_about_and_its_queries_reported(tmp_path, postgres, cooperative):
     product = make_product(tmp_path, 'old', {'api/lifespan.py': PSYCOPG2.format(cooperative=cooperative),
-                                            'api/v0/echo.py': 'def read(request):\n    return request\n'})
-    with serve(product) as server:
-        warned = log_has(server, 'psycopg2 is loaded without a wait callback')
-    assert warned is not cooperative
-    if not cooperative:
+                                            'api/v0/query.py': PSYCOPG2_ACTION})
+    with serve(product, '--warn-blocking', '50', env=settings(postgres)) as server:
+        assert call('query', 'read') == (200, {})
+        assert call('query', 'read') == (200, {})
+        held = [line for line in server.log if 'the event loop was held' in line]
+    assert log_has(server, 'psycopg2 is loaded without a wait callback') is not cooperative
+    if cooperative:
+        assert held == []
+    else:
         assert log_has(server, 'psycogreen.gevent.patch_psycopg()')
+        assert len(held) == 2 and all('by the action /api/v0/query/read' in line for line in held), held
