@@ -92,9 +92,9 @@ def pool(url=None, size=None, timeout=None, max_waiting=None):
     psycopg.connect(url, connect_timeout=max(1, round(timeout))).close()  # the reason, if it cannot connect
     opened = ConnectionPool(url, min_size=size, max_size=size, timeout=timeout, max_waiting=max_waiting,
                             open=False, name='apiphant')
-    opened.open(wait=True, timeout=max(timeout, 30.0))
-    _pool = opened
     try:
+        opened.open(wait=True, timeout=max(timeout, 30.0))
+        _pool = opened
         yield opened
     finally:
         _pool = None

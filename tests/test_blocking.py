@@ -35,10 +35,11 @@ def create(request):
 '''
 
 
-@pytest.fixture(scope='module')
-def server(tmp_path_factory):
+@pytest.fixture(scope='module', params=['1', '2'], ids=['one process', 'workers'])
+def server(tmp_path_factory, request):
+    """(Under --workers, gevent starts the monitor thread again in each worker after the fork.)"""
     product = make_product(tmp_path_factory.mktemp('blocking'), 'slow', {'api/v0/calls.py': SLOW})
-    with serve(product, '--warn-blocking', '50') as running:
+    with serve(product, '--warn-blocking', '50', '--workers', request.param) as running:
         yield running
 
 

@@ -51,7 +51,7 @@ def test_every_classifier_is_one_the_index_accepts():
 def test_every_dependency_has_an_upper_bound():
     """Pinned to the ranges the tests run on: a major release of any of them is tried first."""
     requirements = PROJECT['dependencies'] + [
-        line for extra in ('deploy', 'metrics') for line in PROJECT['optional-dependencies'][extra]]
+        line for extra in ('deploy', 'metrics', 'postgresql') for line in PROJECT['optional-dependencies'][extra]]
     unbounded = [text for text in requirements
                  if not any(spec.operator in ('<', '<=', '==', '~=') for spec in Requirement(text).specifier)]
     assert unbounded == []
