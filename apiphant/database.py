@@ -24,7 +24,11 @@ query holds up only its own request. What this module adds to psycopg_pool:
 
 import math
 import os
+import select
+import time
 from contextlib import contextmanager
+
+from gevent.monkey import get_original
 
 try:
     import psycopg
@@ -41,6 +45,7 @@ POOL_MAX_WAITING = 1000
 RETRY_AFTER = 1  # seconds: a saturated pool usually frees a connection within one
 
 _pool = None  # the process's open pool
+_poll = get_original('select', 'poll')  # (it never waits here: gevent's would only add a detour)
 
 
 class Busy(ApiError):
@@ -112,15 +117,38 @@ def connection():
     if _pool is None:
         raise RuntimeError('no database pool: open one with database.pool() in api/lifespan.py')
     opened = _pool
-    try:
-        held = opened.getconn()
-    except (PoolTimeout, TooManyRequests):
-        raise Busy() from None
+    held = _lend(opened)
     try:
         with held:
             yield held
     finally:
         opened.putconn(held)
+
+
+def _lend(opened):
+    """A pooled connection the server has not closed while it sat idle.
+
+    A server that closes a connection (a restart, a failover, pg_terminate_backend, an idle timeout)
+    sends its reason first: an idle connection with something to read is such a one, so it is
+    closed, which makes the pool replace it, and the next one is taken. A poll with no wait costs a
+    system call, where psycopg_pool's own `check` would cost a round trip to the server per action."""
+    deadline = time.monotonic() + opened.timeout
+    for _ in range(opened.max_size + 1):
+        try:
+            held = opened.getconn(timeout=max(0.0, deadline - time.monotonic()))
+        except (PoolTimeout, TooManyRequests):
+            raise Busy() from None
+        if not held.closed and not _has_input(held.fileno()):
+            return held
+        held.close()
+        opened.putconn(held)
+    raise Busy()
+
+
+def _has_input(descriptor):
+    poller = _poll()
+    poller.register(descriptor, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def check():

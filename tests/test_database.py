@@ -133,6 +133,18 @@ def test_a_saturated_pool_answers_503_with_retry_after_and_queues_no_more_than_m
         assert answer.json() == {'error': 'no database connection is free: try again shortly'}
 
 
+def test_connections_the_server_closed_while_idle_are_replaced_without_an_error(postgres, product):
+    with serve(product, '--workers', '2', env=settings(postgres, size=3)) as server:
+        first, second = worker_pids(server)
+        ports = wait_for(lambda: len(held := connected_ports(first, postgres.port) | connected_ports(second, postgres.port))
+                         == 6 and held)
+        postgres.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)',
+                       list(ports))
+        wait_for(lambda: not ports & backends(postgres))
+        assert [call('db', 'read')[0] for _ in range(20)] == [200] * 20
+    assert not log_has(server, 'Traceback'), ''.join(server.log)
+
+
 def test_a_failed_action_rolls_back_its_transaction(postgres, product):
     with serve(product, env=settings(postgres, size=2)):
         assert call('db', 'create', {'name': 'kept'})[0] == 200
