@@ -32,6 +32,7 @@ from gevent.monkey import get_original
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 except ImportError as error:  # pragma: no cover  (the extra is installed wherever the suite runs)
     raise ImportError('apiphant.database needs psycopg 3 and psycopg_pool: '
@@ -91,6 +92,11 @@ def pool(url=None, size=None, timeout=None, max_waiting=None):
     if not url:
         raise SettingError('DATABASE_URL is not set: give it the database to use, e.g. '
                            'postgresql://user:password@host/name')
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise SettingError('DATABASE_URL is neither a postgresql:// URL nor a libpq connection string '
+                           '(not repeated here: it may hold a password)') from None
     size = _setting(size, 'DATABASE_POOL_SIZE', POOL_SIZE, int)
     timeout = _setting(timeout, 'DATABASE_POOL_TIMEOUT', POOL_TIMEOUT, float)
     max_waiting = _setting(max_waiting, 'DATABASE_POOL_MAX_WAITING', POOL_MAX_WAITING, int, zero_allowed=True)

@@ -207,6 +207,8 @@ def test_the_in_process_client_opens_and_closes_the_pool(postgres, product, monk
      'start-up failed: OperationalError: connection failed: connection to server at "127.0.0.1", port 1 failed: '
      'Connection refused Is the server running on that host and accepting TCP/IP connections?'),
     ({'DATABASE_URL': ''}, 'start-up failed: SettingError: DATABASE_URL is not set'),
+    ({'DATABASE_URL': 'postgresql//shop:s3cret@db/shop'},  # (libpq's own message would repeat it all)
+     'start-up failed: SettingError: DATABASE_URL is neither a postgresql:// URL nor a libpq connection string'),
     ({'DATABASE_POOL_SIZE': 'ten'}, "start-up failed: SettingError: DATABASE_POOL_SIZE should be a whole number "
                                     "above 0, not 'ten'"),
     ({'DATABASE_POOL_TIMEOUT': '-1'}, 'DATABASE_POOL_TIMEOUT should be a number above 0'),
@@ -215,6 +217,7 @@ def test_a_database_that_cannot_be_used_fails_the_start_up_in_one_line(postgres,
     result = run_cli(str(product), '127.0.0.1:0', env={**settings(postgres), **env})
     assert result.returncode == 3
     assert error in result.stderr and 'Traceback' not in result.stderr, result.stderr
+    assert 's3cret' not in result.stderr
 
 
 PSYCOPG2 = '''

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,8 +101,7 @@ def test_the_in_process_client_runs_start_up_and_shutdown_around_its_block(recor
 
 
 def test_apiphant_background_runs_the_lifespan_around_its_tasks(recorded):
-    process = subprocess.Popen([sys.executable, '-c', 'from apiphant.cli import background_main; '
-                                'raise SystemExit(background_main())', str(recorded)],
+    process = subprocess.Popen([str(Path(sys.executable).parent / 'apiphant-background'), str(recorded)],
                                stderr=subprocess.PIPE, text=True)
     try:
         seen = []
