@@ -17,6 +17,7 @@ import inspect
 import logging
 import sys
 import traceback
+import warnings
 
 import gevent
 from gevent.events import EventLoopBlocked, subscribers
@@ -65,7 +66,9 @@ def watch(milliseconds, routes):
     gevent.config.max_blocking_time = milliseconds / 1000
     gevent.config.print_blocking_reports = False  # (its report of every greenlet: this logs instead)
     gevent.config.monitor_thread = True
-    hub.start_periodic_monitoring_thread()
+    with warnings.catch_warnings():  # (that it cannot watch memory without psutil: not asked of it)
+        warnings.filterwarnings('ignore', 'Unable to monitor memory usage')
+        hub.start_periodic_monitoring_thread()
 
 
 def _codes(frame):

@@ -63,7 +63,8 @@ class SettingError(ValueError):
 
 
 def _setting(value, name, default, kind, zero_allowed=False):
-    """An argument, else the environment variable `name`, else `default`, as a finite number > 0."""
+    """An argument, else the environment variable `name`, else `default`: a finite number above 0
+    (or 0 itself where `zero_allowed`)."""
     if value is None:
         value = os.environ.get(name, default)
     try:

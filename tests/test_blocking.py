@@ -4,7 +4,7 @@ an action that waits cooperatively is not reported."""
 import pytest
 
 from apiphant.test import call, serve
-from support import make_product, run_cli, wait_for
+from support import log_has, make_product, run_cli, wait_for
 
 SLOW = '''
 import time
@@ -67,6 +67,7 @@ def test_an_action_that_waits_cooperatively_is_not_reported(server):
     assert call('calls', 'create', {'seconds': 0.6}) == (200, {})
     assert call('calls', 'read', {'seconds': 0.01}) == (200, {})  # (under 50 ms: not reported either)
     assert reports(server)[before:] == []
+    assert not log_has(server, 'Warning'), ''.join(server.log)  # (gevent's about psutil included)
 
 
 @pytest.mark.parametrize('value', ['0', '-5', 'soon', 'inf'])
