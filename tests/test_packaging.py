@@ -66,7 +66,7 @@ def test_the_wheel_holds_the_framework_the_tasks_and_the_skeleton_at_this_versio
             f'apiphant-{__version__}.dist-info/licenses/LICENSE'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/', 'example/')) for name in names)
     assert metadata['Version'] == __version__ and metadata['License-Expression'] == 'MIT'
-    assert set(metadata.get_all('Provides-Extra')) == {'deploy', 'metrics', 'test', 'dev'}
+    assert set(metadata.get_all('Provides-Extra')) == {'deploy', 'metrics', 'postgresql', 'test', 'dev'}
     assert metadata.get_all('Classifier') == PROJECT['classifiers']
 
 
