@@ -148,6 +148,23 @@ def test_a_start_up_that_fails_stops_the_process_with_one_line(tmp_path, workers
     assert 'Traceback' not in result.stderr and 'serving failing' not in result.stderr
 
 
+def test_a_start_up_that_fails_stops_apiphant_background_with_one_line(tmp_path):
+    product = make_product(tmp_path, 'failing', {'api/lifespan.py': FAILING, 'api/background.py': '''
+        from apiphant.background import seconds
+
+
+        @seconds(60)
+        def report():
+            pass
+        '''})
+    result = subprocess.run([str(Path(sys.executable).parent / 'apiphant-background'), str(product)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    assert result.stderr.strip().endswith('start-up failed: ConnectionRefusedError: [Errno 111] Connection '
+                                          f'refused ({product}/api/lifespan.py, line 6)'), result.stderr
+    assert 'Traceback' not in result.stderr and 'Task report' not in result.stderr
+
+
 def test_workers_that_fail_to_start_leave_no_process_behind(tmp_path):
     product = make_product(tmp_path, 'failing', {'api/lifespan.py': FAILING, 'api/v0/echo.py': ECHO})
     process = subprocess.Popen([sys.executable, '-m', 'apiphant', str(product), '127.0.0.1:0', '--workers', '3'],
