@@ -220,6 +220,15 @@ def test_a_database_that_cannot_be_used_fails_the_start_up_in_one_line(postgres,
     assert 's3cret' not in result.stderr
 
 
+def test_a_wrong_password_fails_the_start_up_with_the_servers_reason(postgres, product):
+    result = run_cli(str(product), '127.0.0.1:0', env={**settings(postgres), 'DATABASE_URL': postgres.url.replace(
+        postgres.password, 'wrong')})
+    assert result.returncode == 3
+    assert 'start-up failed: OperationalError: connection failed: connection to server at "127.0.0.1", port ' \
+           f'{postgres.port} failed: FATAL: password authentication failed for user "apiphant"' in result.stderr, \
+        result.stderr
+
+
 PSYCOPG2 = '''
 import psycopg2
 import psycopg2.extensions
