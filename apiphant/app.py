@@ -173,7 +173,7 @@ class App:
     @staticmethod
     def error(environ, start_response, error):
         body = encode(error.body, default=str)  # an `explain` of any type still reaches the client
-        headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
+        headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body))), *error.headers]
         if error.status_code == 405:
             headers.append(('Allow', 'POST'))
         elif error.status_code == 413:

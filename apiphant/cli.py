@@ -19,7 +19,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from apiphant import __version__, background, cors, health, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
+from apiphant import __version__, background, blocking, cors, health, lifespan, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')
@@ -55,6 +55,16 @@ def seconds(text):
         value = 0
     if not value > 0:
         raise argparse.ArgumentTypeError(f'{text!r} is not a positive number of seconds')
+    return value
+
+
+def milliseconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value < float('inf'):
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of milliseconds of at least 1')
     return value
 
 
@@ -94,6 +104,9 @@ def serve_parser():
                              "product's api/health.py check() fails (default %(default)s)")
     parser.add_argument('--metrics', action='store_true',
                         help='serve GET /metrics in Prometheus text format (needs apiphant[metrics])')
+    parser.add_argument('--warn-blocking', metavar='MS', type=milliseconds,
+                        help='log the action and stack that hold the event loop over MS milliseconds '
+                             '(once per incident)')
     parser.add_argument('--log-format', choices=logs.FORMATS, default=defaults.log_format,
                         help='text, or json: one JSON object a line (default %(default)s)')
     parser.add_argument('--reload', action='store_true',
@@ -147,6 +160,7 @@ def main(argv=None):
     try:
         table = routes.discover(folder)
         check = health.load_check(folder)
+        product_lifespan = lifespan.load(folder)
         host, port = args.address
         listener = server.listen(host, port)
     except routes.ProductError as error:
@@ -169,6 +183,8 @@ def main(argv=None):
                              health_path=args.health_path, health_check=check,
                              metrics=metrics_for)
     _raise_fd_limit()
+    if args.warn_blocking:
+        blocking.watch(args.warn_blocking, table)
     app = App(table, max_body=options.max_body)
     if args.cors:
         app = cors.Cors(app, args.cors)
@@ -182,14 +198,15 @@ def main(argv=None):
                f'access log {"on" if options.access_log else "off"}'
                f'{", cors " + " ".join(args.cors) if args.cors else ""}'
                f', health {args.health_path}{", metrics /metrics" if args.metrics else ""}'
+               f'{f", warn blocking over {args.warn_blocking:g} ms" if args.warn_blocking else ""}'
                f'{", reload on: development only" if os.environ.get(reload.ENVIRONMENT) else ""})')
     if options.workers > 1:
         try:
-            return workers.run_workers(app, listener, options, started, metrics_workers)
+            return workers.run_workers(app, listener, options, product_lifespan, started, metrics_workers)
         finally:
             if metrics_workers is not None:
                 metrics_workers.close()
-    return server.serve(app, listener, options, started)
+    return lifespan.run(product_lifespan, lambda: server.serve(app, listener, options, started))
 
 
 def new_main(argv):
@@ -244,9 +261,11 @@ def background_main(argv=None):
     folder = _locate(parser, args.product)
     try:
         module = background.load(folder)
+        product_lifespan = lifespan.load(folder)
     except routes.ProductError as error:
         return _fail(error)
-    return background.run(background.registered(), getattr(module, 'on_error', None), args.stop_timeout)
+    return lifespan.run(product_lifespan, lambda: background.run(
+        background.registered(), getattr(module, 'on_error', None), args.stop_timeout))
 
 
 def _locate(parser, product):

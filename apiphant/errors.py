@@ -35,6 +35,8 @@ _PATH_SHOWN = 200  # characters of a path named in an error
 class ApiError(Exception):
     """Answer the client with `status_code` and `{"error": error or "<code> <reason>"}`."""
 
+    headers = ()  # (name, value) pairs the answer carries besides its own, e.g. Retry-After
+
     def __init__(self, status_code, error=None, **details):
         if not isinstance(status_code, int) or isinstance(status_code, bool) \
                 or not 200 <= status_code <= 599 or status_code in _NO_BODY_STATUSES:

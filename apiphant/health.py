@@ -3,7 +3,8 @@
 200 {"status": "up"} while it serves; 503 {"status": "draining"} from the moment a drain starts,
 so a balancer polling it stops sending before the process exits; 503 {"status": "down", "error":
 "..."} while the product's readiness check fails. The check is `check()` in the product's
-api/health.py (never a route: routes live under api/vN/). It runs at most once a CHECK_PERIOD,
+api/health.py (never a route: routes live under api/vN/), and, while apiphant.database has a
+pool open, a `SELECT 1` on it. It runs at most once a CHECK_PERIOD,
 one run shared by every probe that arrives meanwhile, and is cut off after CHECK_TIMEOUT s (or the
 module's own `timeout`, in seconds), so
 probes cannot multiply the load on what it checks (a database) nor hang on it. A check that
@@ -11,6 +12,7 @@ blocks without yielding to gevent (a C library gevent does not patch) cannot be 
 """
 
 import logging
+import sys
 import time
 
 import gevent
@@ -55,6 +57,11 @@ def load_check(folder):
     return Check(function, timeout)
 
 
+def _database():
+    """apiphant.database when the product uses it (it needs the postgresql extra: never imported here)."""
+    return sys.modules.get('apiphant.database')
+
+
 def one_line(error):
     text = str(error).strip().splitlines()
     return f'{type(error).__name__}: {text[0]}' if text else type(error).__name__
@@ -66,6 +73,8 @@ class Health:
     def __init__(self, server, check=None):
         self.server = server
         self.check = check
+        database = _database()  # (the server starts inside the product's lifespan: its pool is open)
+        self.database_check = Check(database.check) if database is not None and database.is_open() else None
         self.error = None  # the last check's one-line error, or None
         self.checked_at = -CHECK_PERIOD
         self.running = None  # the greenlet of the check under way, shared by the probes meanwhile
@@ -80,7 +89,7 @@ class Health:
 
     def checked(self):
         """The readiness check's error (None: ready), from a fresh run or one under CHECK_PERIOD old."""
-        if self.check is None:
+        if self.check is None and self.database_check is None:
             return None
         running = self.running
         if running is None and time.monotonic() - self.checked_at >= CHECK_PERIOD:
@@ -94,7 +103,10 @@ class Health:
         """Run the check; log when its answer changes (not every probe: balancers poll often)."""
         before = self.error
         try:
-            self.check()
+            if self.database_check is not None:
+                self.database_check()
+            if self.check is not None:
+                self.check()
             self.error = None
         except Exception as error:  # noqa: BLE001  (any failure of the product's check is "down")
             self.error = one_line(error)

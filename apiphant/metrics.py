@@ -8,6 +8,8 @@ What it exposes:
   to its answer;
 - apiphant_requests_in_flight, apiphant_open_connections, apiphant_draining (1 from the moment a
   drain starts);
+- apiphant_database_pool_size, _in_use, _waiting: while apiphant.database has a pool open, its
+  connections, those lent to actions, and the requests waiting for one;
 - process_*: CPU seconds, resident and virtual memory, open file descriptors against their limit
   (process_max_fds), start time; and, with one worker, whatever the product registers in
   prometheus_client's default registry.
@@ -30,6 +32,7 @@ limit), the limit the lowest.
 import json
 import os
 import shutil
+import sys
 import tempfile
 from bisect import bisect_left
 from pathlib import Path
@@ -47,6 +50,9 @@ _GAUGES = {'in_flight': ('apiphant_requests_in_flight', 'Requests being answered
            'connections': ('apiphant_open_connections', 'Client connections open.'),
            'draining': ('apiphant_draining', '1 from the moment a drain (SIGTERM) starts; under workers, '
                                              'how many drain.')}
+_POOL_GAUGES = {'size': ('apiphant_database_pool_size', 'Database connections open in the pool.'),
+                'in_use': ('apiphant_database_pool_in_use', 'Database connections lent to actions.'),
+                'waiting': ('apiphant_database_pool_waiting', 'Requests waiting for a database connection.')}
 _PIDS = 'worker-pids'  # the live workers, one pid a line, kept by the master
 # How the workers' process_* samples add up (see the module docstring); anything else: summed.
 _MERGE = {'process_open_fds': max, 'process_max_fds': min, 'process_start_time_seconds': min}
@@ -70,6 +76,7 @@ class Workers:
         for file in self.path.glob(f'{pid}-*.json'):
             counts = json.loads(file.read_text())
             counts['gauges'] = dict.fromkeys(counts['gauges'], 0)
+            counts['pool'] = None  # (its connections closed with it)
             _write(file, counts)
 
     def _write_pids(self):
@@ -132,10 +139,12 @@ class Metrics:
 
     def snapshot(self):
         server = self.server
+        database = sys.modules.get('apiphant.database')  # (only a product that uses it imports it)
         return {'counts': [[route, status, count] for (route, status), count in self.counts.items()],
                 'buckets': self.buckets, 'sums': self.sums,
                 'gauges': {'in_flight': server.in_flight, 'connections': len(server.connections),
-                           'draining': int(server.draining)}}
+                           'draining': int(server.draining)},
+                'pool': database.stats() if database is not None else None}
 
     def _write_forever(self):
         while True:
@@ -152,7 +161,7 @@ class Metrics:
                         snapshots.append(json.loads(file.read_text()))
                     except (OSError, ValueError):
                         continue  # (its worker has just started: nothing counted yet)
-        counts, buckets, sums, gauges = {}, {}, {}, dict.fromkeys(_GAUGES, 0)
+        counts, buckets, sums, gauges, pool = {}, {}, {}, dict.fromkeys(_GAUGES, 0), None
         for snapshot in snapshots:
             for route, status, count in snapshot['counts']:
                 counts[route, status] = counts.get((route, status), 0) + count
@@ -163,6 +172,10 @@ class Metrics:
                 sums[route] = sums.get(route, 0.0) + snapshot['sums'][route]
             for name, value in snapshot['gauges'].items():
                 gauges[name] += value
+            if snapshot.get('pool'):
+                pool = pool or dict.fromkeys(_POOL_GAUGES, 0)
+                for name, value in snapshot['pool'].items():
+                    pool[name] += value
         requests = CounterMetricFamily('apiphant_requests', 'Answers, by route and status.',
                                        labels=['route', 'status'])
         for (route, status), count in sorted(counts.items()):
@@ -180,6 +193,9 @@ class Metrics:
         yield duration
         for key, (name, documentation) in _GAUGES.items():
             yield GaugeMetricFamily(name, documentation, value=gauges[key])
+        if pool is not None:
+            for key, (name, documentation) in _POOL_GAUGES.items():
+                yield GaugeMetricFamily(name, documentation, value=pool[key])
 
     def __call__(self, environ, start_response):
         data = generate_latest(REGISTRY if self.shared is None else self.registry)

@@ -22,7 +22,8 @@ from wsgiref.util import setup_testing_defaults
 
 import ujson
 
-from apiphant.app import MAX_BODY, encode, load
+from apiphant import lifespan, routes
+from apiphant.app import MAX_BODY, App, encode
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r'on (http://\S+?)/api/')
@@ -130,14 +131,17 @@ def client(product, max_body=MAX_BODY):
 
     The product is loaded as `apiphant PRODUCT` loads it (same routes, same import errors), but
     without gevent's monkey-patching: actions run as plain Python, under the test's own thread.
+    Its api/lifespan.py runs around the block: start-up on entry, shutdown on the way out.
     """
-    app = load(product, max_body=max_body)
+    folder = routes.locate(str(product))
+    app = App(routes.discover(folder), max_body=max_body)
     saved = config.app
-    config.app = app
-    try:
-        yield app
-    finally:
-        config.app = saved
+    with lifespan.load(folder):
+        config.app = app
+        try:
+            yield app
+        finally:
+            config.app = saved
 
 
 @dataclass

@@ -6,6 +6,14 @@ from apiphant.test import serve
 from support import EXAMPLE, IN_PROCESS_OR_LIVE, KITCHEN, in_process_or_live
 
 
+@pytest.fixture(scope='session')
+def postgres():
+    """A throwaway PostgreSQL server for the session (tests/postgres.py), removed at its end."""
+    from postgres import Cluster  # (psycopg: only the sessions that use the database import it)
+    with Cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope='module')
 def kitchen_server():
     with serve(KITCHEN) as running:

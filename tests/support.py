@@ -35,10 +35,10 @@ def make_product(root, name, files):
     return folder
 
 
-def run_cli(*args, timeout=30):
+def run_cli(*args, timeout=30, env=None):
     """Run `apiphant ARGS` to its end (for the calls that must exit by themselves)."""
     return subprocess.run([sys.executable, '-m', 'apiphant', *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def http_request(method='POST', path='/', body=b'', headers=(), framing='content-length',
@@ -203,11 +203,8 @@ def children(pid):
     return found
 
 
-def listening_ports(pids):
-    """The TCP ports on which these processes hold a listening socket, from /proc.
-
-    A port a test chose free may be taken by another process before its server binds it: a port
-    listed here is the server's own, not merely one that accepts."""
+def _sockets(pids):
+    """The inodes of the sockets these processes hold, from /proc."""
     sockets = set()
     for pid in pids:
         try:
@@ -221,13 +218,32 @@ def listening_ports(pids):
                 continue
             if target.startswith('socket:['):
                 sockets.add(target[len('socket:['):-1])
-    ports = set()
-    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+    return sockets
+
+
+def _tcp_sockets(tables=('/proc/net/tcp', '/proc/net/tcp6')):
+    """(local port, remote port, state, inode) of every TCP socket, from /proc."""
+    for table in tables:
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == '0A' and fields[9] in sockets:  # (0A: LISTEN)
-                ports.add(int(fields[1].rsplit(':', 1)[1], 16))
-    return ports
+            yield (int(fields[1].rsplit(':', 1)[1], 16), int(fields[2].rsplit(':', 1)[1], 16), fields[3],
+                   fields[9])
+
+
+def listening_ports(pids):
+    """The TCP ports on which these processes hold a listening socket, from /proc.
+
+    A port a test chose free may be taken by another process before its server binds it: a port
+    listed here is the server's own, not merely one that accepts."""
+    sockets = _sockets(pids)
+    return {local for local, _, state, inode in _tcp_sockets() if state == '0A' and inode in sockets}  # (0A: LISTEN)
+
+
+def connected_ports(pid, remote_port):
+    """The local ports of the process's established IPv4 TCP connections to `remote_port`."""
+    sockets = _sockets([pid])
+    return {local for local, remote, state, inode in _tcp_sockets(['/proc/net/tcp'])
+            if state == '01' and remote == remote_port and inode in sockets}  # (01: ESTABLISHED)
 
 
 def wait_for(condition, timeout=30.0, interval=0.02):

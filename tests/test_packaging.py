@@ -51,7 +51,7 @@ def test_every_classifier_is_one_the_index_accepts():
 def test_every_dependency_has_an_upper_bound():
     """Pinned to the ranges the tests run on: a major release of any of them is tried first."""
     requirements = PROJECT['dependencies'] + [
-        line for extra in ('deploy', 'metrics') for line in PROJECT['optional-dependencies'][extra]]
+        line for extra in ('deploy', 'metrics', 'postgresql') for line in PROJECT['optional-dependencies'][extra]]
     unbounded = [text for text in requirements
                  if not any(spec.operator in ('<', '<=', '==', '~=') for spec in Requirement(text).specifier)]
     assert unbounded == []
@@ -66,7 +66,7 @@ def test_the_wheel_holds_the_framework_the_tasks_and_the_skeleton_at_this_versio
             f'apiphant-{__version__}.dist-info/licenses/LICENSE'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/', 'example/')) for name in names)
     assert metadata['Version'] == __version__ and metadata['License-Expression'] == 'MIT'
-    assert set(metadata.get_all('Provides-Extra')) == {'deploy', 'metrics', 'test', 'dev'}
+    assert set(metadata.get_all('Provides-Extra')) == {'deploy', 'metrics', 'postgresql', 'test', 'dev'}
     assert metadata.get_all('Classifier') == PROJECT['classifiers']
 
 
