@@ -207,7 +207,10 @@ def new_main(argv):
 
 
 def routes_main(argv):
-    table, _ = _load_for_command('routes', 'List every route with the first line of its docstring.', argv)
+    table, folder = _load_for_command('routes', 'List every route with the first line of its docstring.', argv)
+    if not table:
+        print(f'apiphant routes: {folder.name} has no route: no action under {folder}/api/v*/', file=sys.stderr)
+        return 1
     width = max((len(path) for path in table), default=0)
     for path, route in sorted(table.items()):
         method = 'ANY ' if route.raw_environ else 'POST'
@@ -228,6 +231,7 @@ def _load_for_command(name, description, argv):
     add_product_argument(parser)
     args = parser.parse_args(argv)
     folder = _locate(parser, args.product)
+    logging.basicConfig(format=f'apiphant {name}: %(levelname)s: %(message)s')  # discovery's warnings
     try:
         return routes.discover(folder), folder
     except routes.ProductError as error:

@@ -21,6 +21,12 @@ def test_the_same_tests_pass_in_process_and_live(kitchen_either):
     assert call('raw', 'update', method='DELETE') == (200, 'method,DELETE')
 
 
+def test_only_functions_defined_in_the_target_are_actions(kitchen_either):
+    test('imports', 'read', {}, 200, {'defined': 'here'})
+    test('imports', 'update', {}, 404)  # os.replace, imported as update
+    test('imports', 'delete', {}, 404)  # shutil.rmtree
+
+
 def test_the_in_process_client_prints_the_path_and_is_undone_after(capsys):
     with client(KITCHEN):
         test('things', 'create', {'id': 2}, 200)
