@@ -7,6 +7,7 @@ import time
 
 import gevent
 
+from apiphant import logs
 from apiphant.server import on_stop_signals, serve
 
 log = logging.getLogger('apiphant')
@@ -49,7 +50,7 @@ def run_workers(app, listener, options, started_message='', metrics_workers=None
     for _ in range(options.workers):
         start_worker()
     if started_message:
-        log.info('%s', started_message)
+        logs.start.info('%s', started_message)
     log.info('master pid %d: %d workers %s', master_pid, len(workers), sorted(workers))
     failures = 0
     while workers:

@@ -33,10 +33,11 @@ def make_product(root, name, files):
     return folder
 
 
-def run_cli(*args, timeout=30):
-    """Run `apiphant ARGS` to its end (for the calls that must exit by themselves)."""
+def run_cli(*args, timeout=30, env=None):
+    """Run `apiphant ARGS` to its end (for the calls that must exit by themselves); `env`: variables
+    added to this process's environment."""
     return subprocess.run([sys.executable, '-m', 'apiphant', *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def http_request(method='POST', path='/', body=b'', headers=(), framing='content-length',

@@ -1,15 +1,21 @@
 """The `apiphant` command: arguments, start-up errors, discovery, listening addresses."""
 
+import json
 import os
 import re
 import resource
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from apiphant import __version__
 from apiphant.test import serve, test
-from support import EXAMPLE, KITCHEN, log_has, make_product, run_cli
+from support import EXAMPLE, KITCHEN, exchange, http_request, log_has, make_product, run_cli
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.mark.parametrize('args, message', [
@@ -39,6 +45,47 @@ def test_version_and_help():
     for option in ('--workers', '--max-body', '--no-access-log', '--drain-timeout', '--idle-timeout',
                    '--request-timeout', 'HOST:PORT'):
         assert option in help_text
+
+
+@pytest.mark.parametrize('command', [[sys.executable, '-m', 'apiphant'], [str(BIN / 'apiphant-background')]])
+def test_help_lists_an_environment_variable_for_every_option(command):
+    help_text = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=30).stdout
+    options = set(re.findall(r'^  (--[a-z-]+)', help_text, re.M)) - {'--help', '--version'}
+    assert {'--log-format', '--log-level'} <= options
+    variables = set(re.findall(r'\[(APIPHANT_[A-Z_]+)\]', help_text))
+    assert variables == {'APIPHANT_' + option[2:].upper().replace('-', '_') for option in options}
+
+
+def test_options_come_from_the_environment_and_the_command_line_wins():
+    env = {**os.environ, 'APIPHANT_WORKERS': '2', 'APIPHANT_MAX_BODY': '1k', 'APIPHANT_NO_ACCESS_LOG': 'true',
+           'APIPHANT_CORS': 'http://a.test, http://b.test', 'APIPHANT_LOG_FORMAT': 'json',
+           'APIPHANT_LOG_LEVEL': 'WARNING', 'APIPHANT_HEALTH_PATH': '/health', 'APIPHANT_METRICS': '',
+           'APIPHANT_IDLE_TIMEOUT': '', 'APIPHANT_REQUEST_TIMEOUT': '5', 'APIPHANT_DRAIN_TIMEOUT': '3'}
+    with serve(EXAMPLE, '--workers', '1', env=env) as server:
+        test('echo', 'read', {'x': 'y' * 2000}, 413)
+        assert exchange(server.port, http_request('GET', '/health')).status == 200
+        server.process.terminate()
+        assert server.process.wait(30) == 0
+    started = json.loads(server.log[0])  # the start-up line is logged whatever the level
+    assert started['message'].endswith(
+        '(workers 1, max body 1024, access log off, cors http://a.test http://b.test, health /health)')
+    assert [json.loads(line)['level'] for line in server.log[1:]] == []  # info is under the level
+    with serve(EXAMPLE, '--cors', 'http://c.test', '--no-access-log', env={**env, 'APIPHANT_WORKERS': '1'}) as server:
+        assert log_has(server, 'cors http://c.test, health')  # a list on the command line replaces the variable's
+
+
+@pytest.mark.parametrize('variable, value, message', [
+    ('APIPHANT_WORKERS', '0', "'0' is not a whole number of at least 1"),
+    ('APIPHANT_MAX_BODY', 'lots', "'lots' is not a size in bytes"),
+    ('APIPHANT_LOG_FORMAT', 'xml', "'xml' is not one of text, json"),
+    ('APIPHANT_LOG_LEVEL', 'loud', "'loud' is not one of debug, info, warning, error, critical"),
+    ('APIPHANT_NO_ACCESS_LOG', 'maybe', "'maybe' is neither true nor false (1/0, true/false, yes/no, on/off)"),
+    ('APIPHANT_CORS', 'https://ok.test https://*.com', "'https://*.com' would let every site under .com in"),
+])
+def test_a_bad_environment_variable_is_one_usage_line_naming_it(variable, value, message):
+    result = run_cli(str(EXAMPLE), env={variable: value})
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f'apiphant: error: environment variable {variable}: {message}')
 
 
 def test_import_error_names_the_file_and_stops(tmp_path):
