@@ -18,6 +18,7 @@ log = logging.getLogger('apiphant')
 
 MAX_BODY = 1024 * 1024
 BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
+RAISE_EXCEPTIONS = 'apiphant.raise_exceptions'  # set by the in-process test client: no 500, the exception
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
 # ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
@@ -149,6 +150,8 @@ class App:
         except ApiError as error:
             return self.error(environ, start_response, error)
         except Exception:
+            if environ.get(RAISE_EXCEPTIONS):
+                raise
             log.exception('500 on %s', environ['PATH_INFO'])
             return self.error(environ, start_response, ApiError(500))
         start_response('200 OK', [('Content-Type', 'application/json'),

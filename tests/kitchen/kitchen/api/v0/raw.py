@@ -5,7 +5,8 @@ from apiphant.server import raw_environ, raw_response
 
 @raw_environ
 def read(environ):
-    return {'method': environ['REQUEST_METHOD'], 'length': len(environ['wsgi.input'].read())}
+    return {'method': environ['REQUEST_METHOD'], 'length': len(environ['wsgi.input'].read()),
+            'tag': environ.get('HTTP_X_TAG')}
 
 
 @raw_response
