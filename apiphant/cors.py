@@ -47,7 +47,8 @@ def origin(text):
                          f'as in https://*.example.com' if '*' in name else
                          f'{text!r}: {name!r} is not a host name or address')
     if wildcard and '.' not in name and name != 'localhost':
-        raise ValueError(f'{text!r} would let every site under .{name} in: name the domain, as in https://*.example.com')
+        raise ValueError(f'{text!r} would let every site under .{name} in: name the domain, '
+                         f'as in https://*.example.com')
     shown_port = '' if port in (None, _DEFAULT_PORTS[parts.scheme]) else f':{port}'
     return f'{parts.scheme}://{"*." if wildcard else ""}{name}{shown_port}'
 

@@ -88,7 +88,8 @@ def test_credentials_and_more_exposed_headers_when_asked():
 @pytest.mark.parametrize('args, message', [
     (['--cors', '*', '--cors-credentials'], '--cors-credentials cannot go with --cors *'),
     (['--cors-credentials'], '--cors-credentials and --cors-expose-header need --cors ORIGIN'),
-    (['--cors', ORIGIN, '--cors-expose-header', 'X Total'], "argument --cors-expose-header: 'X Total' is not a header name"),
+    (['--cors', ORIGIN, '--cors-expose-header', 'X Total'],
+     "argument --cors-expose-header: 'X Total' is not a header name"),
 ])
 def test_cors_options_that_cannot_work_are_refused(args, message):
     result = run_cli(str(EXAMPLE), *args)
@@ -135,7 +136,8 @@ def test_a_bad_origin_is_refused_at_start_up(value):
     ('https://*example.com', 'can never match: * stands only for the subdomains of a domain'),
     ('https://*', 'can never match: * stands only for the subdomains of a domain'),
     ('https://*.com', 'would let every site under .com in'),
-    ('https://bücher.example', "a browser sends an international name in punycode: write 'https://xn--bcher-kva.example'"),
+    ('https://bücher.example',
+     "a browser sends an international name in punycode: write 'https://xn--bcher-kva.example'"),
     ('https://example.com:70000', 'the port should be a number from 1 to 65535'),
     ('https://exa mple.com', "'exa mple.com' is not a host name or address"),
 ])
