@@ -17,6 +17,7 @@ from apiphant.errors import BODY_REFUSED, ApiError, NotJson, encode  # (also imp
 log = logging.getLogger('apiphant')
 
 MAX_BODY = 1024 * 1024
+RAISE_EXCEPTIONS = 'apiphant.raise_exceptions'  # set by the in-process test client: no 500, the exception
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
 # ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
@@ -147,6 +148,8 @@ class App:
         except ApiError as error:
             return self.error(environ, start_response, error)
         except Exception:
+            if environ.get(RAISE_EXCEPTIONS):
+                raise
             log.exception('500 on %s', environ['PATH_INFO'])
             return self.error(environ, start_response, ApiError(500))
         start_response('200 OK', [('Content-Type', 'application/json'),

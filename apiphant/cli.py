@@ -19,7 +19,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from apiphant import __version__, background, blocking, cors, health, lifespan, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
+from apiphant import __version__, arguments, background, blocking, cors, health, lifespan, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')
@@ -76,9 +76,12 @@ def count(text):
 
 def serve_parser():
     defaults = server.Options()
-    parser = argparse.ArgumentParser(
+    parser = arguments.Parser(
         prog='apiphant', description='Serve a product as POST /api/{version}/{target}/{action}.',
-        epilog='Other commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
+        epilog='Each option can come from the environment variable in brackets instead (the command '
+               'line wins; a switch takes 1 or 0, true or false; a repeatable option a list, as in '
+               'APIPHANT_CORS="https://a.example https://b.example"). Other '
+               'commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
                'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document.')
     add_product_argument(parser)
     parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
@@ -96,9 +99,14 @@ def serve_parser():
                         help='on SIGTERM, wait this long for in-flight requests (default %(default)s s)')
     parser.add_argument('--no-access-log', dest='access_log', action='store_false',
                         help='do not log a line per request')
-    parser.add_argument('--cors', metavar='ORIGIN', type=allowed_origin, action='append', default=[],
-                        help='let pages from ORIGIN (https://host[:port], or * for any) call the API '
-                             'from a browser; repeat for several')
+    parser.add_argument('--cors', metavar='ORIGIN', type=allowed_origin, action='append',
+                        help='let pages from ORIGIN (https://host[:port], https://*.example.com for its '
+                             'subdomains, or * for any) call the API from a browser; repeat for several')
+    parser.add_argument('--cors-credentials', action='store_true',
+                        help='let those pages send cookies and HTTP authentication (not with --cors *)')
+    parser.add_argument('--cors-expose-header', metavar='NAME', type=header_name, action='append',
+                        help='let those pages read this response header too (X-Request-ID always); '
+                             'repeat for several')
     parser.add_argument('--health-path', type=health_path, default=defaults.health_path,
                         help='answer 200 {"status": "up"} there, 503 while draining or while the '
                              "product's api/health.py check() fails (default %(default)s)")
@@ -107,12 +115,19 @@ def serve_parser():
     parser.add_argument('--warn-blocking', metavar='MS', type=milliseconds,
                         help='log the action and stack that hold the event loop over MS milliseconds '
                              '(once per incident)')
-    parser.add_argument('--log-format', choices=logs.FORMATS, default=defaults.log_format,
-                        help='text, or json: one JSON object a line (default %(default)s)')
+    add_log_options(parser, defaults.log_format, '; the start-up line is always logged, '
+                    'access lines unless --no-access-log')
     parser.add_argument('--reload', action='store_true',
                         help='restart when a .py file of the product changes (development only)')
     parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
     return parser
+
+
+def add_log_options(parser, log_format=logs.FORMATS[0], level_note=''):
+    parser.add_argument('--log-format', choices=logs.FORMATS, default=log_format,
+                        help='text, or json: one JSON object a line (default %(default)s)')
+    parser.add_argument('--log-level', choices=logs.LEVELS, type=str.lower, default=logs.LEVELS[1],
+                        help=f'the least severe record logged (default %(default)s{level_note})')
 
 
 def add_product_argument(parser):
@@ -126,19 +141,28 @@ def health_path(text):
     return text
 
 
-def allowed_origin(text):
-    try:
-        return cors.origin(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _argument_type(check):
+    """`check`'s ValueError (it knows nothing of argparse) as argparse's one-line error."""
+    def convert(text):
+        try:
+            return check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return convert
+
+
+allowed_origin = _argument_type(cors.origin)
+header_name = _argument_type(cors.header_name)
 
 
 def background_parser():
-    parser = argparse.ArgumentParser(
-        prog='apiphant-background', description="Run a product's background tasks (api/background).")
+    parser = arguments.Parser(
+        prog='apiphant-background', description="Run a product's background tasks (api/background).",
+        epilog='Each option can come from the environment variable in brackets instead (the command line wins).')
     add_product_argument(parser)
     parser.add_argument('--stop-timeout', type=seconds, default=background.STOP_TIMEOUT,
                         help='on SIGTERM, wait this long for a running task (default %(default)s s)')
+    add_log_options(parser)
     parser.add_argument('--version', action='version', version=f'apiphant {__version__}')
     return parser
 
@@ -153,9 +177,14 @@ def main(argv=None):
             return 0
     parser = serve_parser()
     args = parser.parse_args(argv)
-    logs.setup(args.log_format)
+    logs.setup(args.log_format, args.log_level)
     folder = _locate(parser, args.product)
-    if args.reload:
+    if not args.cors and (args.cors_credentials or args.cors_expose_header):
+        parser.error('--cors-credentials and --cors-expose-header need --cors ORIGIN')
+    if args.cors_credentials and '*' in args.cors:
+        parser.error('--cors-credentials cannot go with --cors *: any site could then act with the '
+                     "user's cookies; list the origins")
+    if args.reload and reload.ENVIRONMENT not in os.environ:  # (the child serves, whatever APIPHANT_RELOAD says)
         return reload.run(folder, [arg for arg in argv if arg != '--reload'])
     try:
         table = routes.discover(folder)
@@ -187,7 +216,7 @@ def main(argv=None):
         blocking.watch(args.warn_blocking, table)
     app = App(table, max_body=options.max_body)
     if args.cors:
-        app = cors.Cors(app, args.cors)
+        app = cors.Cors(app, args.cors, args.cors_credentials, args.cors_expose_header)
     bound_host, bound_port = listener.getsockname()[:2]
     shown_host = f'[{bound_host}]' if ':' in bound_host else bound_host
     if not table:
@@ -197,6 +226,7 @@ def main(argv=None):
                f'http://{shown_host}:{bound_port}/api/ (workers {options.workers}, max body {options.max_body}, '
                f'access log {"on" if options.access_log else "off"}'
                f'{", cors " + " ".join(args.cors) if args.cors else ""}'
+               f'{" with credentials" if args.cors_credentials else ""}'
                f', health {args.health_path}{", metrics /metrics" if args.metrics else ""}'
                f'{f", warn blocking over {args.warn_blocking:g} ms" if args.warn_blocking else ""}'
                f'{", reload on: development only" if os.environ.get(reload.ENVIRONMENT) else ""})')
@@ -224,7 +254,10 @@ def new_main(argv):
 
 
 def routes_main(argv):
-    table, _ = _load_for_command('routes', 'List every route with the first line of its docstring.', argv)
+    table, folder = _load_for_command('routes', 'List every route with the first line of its docstring.', argv)
+    if not table:
+        print(f'apiphant routes: {folder.name} has no route: no action under {folder}/api/v*/', file=sys.stderr)
+        return 1
     width = max((len(path) for path in table), default=0)
     for path, route in sorted(table.items()):
         method = 'ANY ' if route.raw_environ else 'POST'
@@ -245,6 +278,7 @@ def _load_for_command(name, description, argv):
     add_product_argument(parser)
     args = parser.parse_args(argv)
     folder = _locate(parser, args.product)
+    logging.basicConfig(format=f'apiphant {name}: %(levelname)s: %(message)s')  # discovery's warnings
     try:
         return routes.discover(folder), folder
     except routes.ProductError as error:
@@ -257,7 +291,7 @@ COMMANDS = {'new': new_main, 'routes': routes_main, 'openapi': openapi_main}
 def background_main(argv=None):
     parser = background_parser()
     args = parser.parse_args(argv)
-    logs.setup()
+    logs.setup(args.log_format, args.log_level)
     folder = _locate(parser, args.product)
     try:
         module = background.load(folder)

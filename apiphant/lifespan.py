@@ -23,7 +23,7 @@ import inspect
 import logging
 
 from apiphant.blocking import warn_blocking_drivers
-from apiphant.routes import ProductError, _describe, import_product_module
+from apiphant.routes import ProductError, describe_error, import_product_module
 
 log = logging.getLogger('apiphant')
 
@@ -60,7 +60,7 @@ class Lifespan:
             raise ProductError(f'shutdown failed: {self._describe(error)}') from error
 
     def _describe(self, error):
-        return ' '.join(_describe(error, self.folder).split())  # (driver errors span lines)
+        return ' '.join(describe_error(error, self.folder).split())  # (driver errors span lines)
 
     def __enter__(self):
         self.start()

@@ -5,7 +5,9 @@ cost more than the rest of a small request); application lines go through `loggi
 request ID put on them by apiphant.requestid's filter. Both formats hold the same fields.
 """
 
+import json
 import logging
+import math
 import sys
 import time
 
@@ -14,11 +16,17 @@ import ujson
 from apiphant.requestid import NONE, RequestIdFilter
 
 FORMATS = ('text', 'json')
+LEVELS = ('debug', 'info', 'warning', 'error', 'critical')
 TEXT_FORMAT = '%(asctime)s %(name)s %(levelname)s %(request_id)s %(message)s'
+# The start-up line, which says what is served where and which `apiphant.test.serve` waits for, is
+# logged whatever the level: a quieter log must not hide that the server runs.
+start = logging.getLogger('apiphant.start')
+# What every record has; anything else on one came from `extra=` and is kept in a JSON line.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord('', 0, '', 0, '', (), None))) | {'message', 'asctime', 'request_id'}
 
 
-def setup(log_format='text', stream=None):
-    """Log records of level INFO and up to stderr in `log_format`, each with its request ID."""
+def setup(log_format='text', level='info', stream=None):
+    """Log records of `level` and up to stderr in `log_format`, each with its request ID."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == 'json' else logging.Formatter(TEXT_FORMAT))
@@ -26,7 +34,8 @@ def setup(log_format='text', stream=None):
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(level.upper())
+    start.setLevel(logging.INFO)
     logging.captureWarnings(True)  # a warning is a record too, so a JSON log stays JSON
 
 
@@ -35,15 +44,35 @@ def _iso(seconds):
 
 
 def _dumps(fields):
-    return ujson.dumps(fields, escape_forward_slashes=False, ensure_ascii=False)
+    """One line of JSON, whatever the fields hold: an object JSON has no form for is its repr.
+    What ujson refuses (NaN, a lone surrogate) goes to Python's json, NaN and infinities as strings."""
+    try:
+        return ujson.dumps(fields, escape_forward_slashes=False, ensure_ascii=False, allow_nan=False,
+                           default=repr)
+    except (ValueError, OverflowError, UnicodeError):
+        return json.dumps(_finite(fields), default=repr)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {name: _finite(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a record; a traceback is the `exc` field, so it stays one line."""
+    """One JSON object a record; a traceback is the `exc` field, so it stays one line. The fields
+    given with `extra=` are kept beside the standard ones (which win over an extra of the same name)."""
 
     def format(self, record):
         fields = {'time': _iso(record.created), 'level': record.levelname, 'logger': record.name,
                   'message': record.getMessage(), 'request_id': getattr(record, 'request_id', NONE)}
+        for name, value in vars(record).items():
+            if name not in _RECORD_FIELDS:
+                fields.setdefault(name, value)
         if record.exc_info:
             fields['exc'] = self.formatException(record.exc_info)
         if record.stack_info:

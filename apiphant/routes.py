@@ -7,14 +7,18 @@ is a 404, so nothing a client names is ever imported or opened.
 import importlib
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+log = logging.getLogger('apiphant')
+
 ACTIONS = ('create', 'read', 'update', 'delete')
 _VERSION = re.compile(r'v\d+\Z')
+_LOOKS_LIKE_VERSION = re.compile(r'(?:v|ver|version)?[-_.]?\d', re.IGNORECASE)  # V1, version1, v_2, 3
 
 
 def raw_environ(action):
@@ -83,34 +87,72 @@ def import_product_module(folder, dotted):
     try:
         return importlib.import_module(name)
     except Exception as error:
-        raise ProductError(f'cannot import {name}: {_describe(error, folder)}') from error
+        raise ProductError(f'cannot import {name}: {describe_error(error, folder)}') from error
 
 
 def discover(folder):
-    """Import every action module under api/vN/ and return the route table."""
+    """Import every action module under api/vN/ and return the route table.
+
+    An action is a function named create, read, update or delete defined in the target module
+    itself: a name it imports (`from sqlalchemy import update`, a helper of the product's named
+    `delete`) is never an endpoint. What looks meant to serve but yields no route is logged as a
+    warning: a module without an action, a folder named like a version that is not one (V1).
+    """
     routes = {}
     api = folder / 'api'
-    for version in sorted(p for p in api.iterdir() if p.is_dir() and _VERSION.match(p.name)):
+    folders = sorted(p for p in api.iterdir() if p.is_dir())
+    for lookalike in (p for p in folders if _LOOKS_LIKE_VERSION.match(p.name) and not _VERSION.match(p.name)):
+        log.warning('%s is not a version folder (v0, v1, ...): nothing in it is served', lookalike)
+    for version in (p for p in folders if _VERSION.match(p.name)):
         for file in sorted(version.rglob('*.py')):
             parts = file.relative_to(api).with_suffix('').parts
             if not all(_is_public_name(part) for part in parts):
                 continue
             module = import_product_module(folder, 'api.' + '.'.join(parts))
-            target = '/'.join(parts)
-            for name in ACTIONS:
-                action = getattr(module, name, None)
-                if callable(action):
-                    path = f'/api/{target}/{name}'
-                    routes[path] = Route(path, action, getattr(action, 'raw_environ', False),
-                                         getattr(action, 'raw_response', False))
+            actions = _actions(module, file, folder.name)
+            if not actions:
+                log.warning('%s defines no action (a function create, read, update or delete): nothing '
+                            'in it is served; a helper module is best named _%s', file, file.name)
+            for name, action in actions.items():
+                path = f'/api/{"/".join(parts)}/{name}'
+                routes[path] = Route(path, action, getattr(action, 'raw_environ', False),
+                                     getattr(action, 'raw_response', False))
     return routes
+
+
+def _actions(module, file, product):
+    """{name: function} of the actions `module` defines; ProductError for an `async def` one."""
+    actions = {}
+    for name in ACTIONS:
+        action = getattr(module, name, None)
+        if not callable(action) or isinstance(action, type):
+            continue
+        origin = getattr(action, '__module__', None)
+        if origin != module.__name__:
+            if origin is not None and origin.partition('.')[0] == product:
+                # Most likely a decorator of the product's without functools.wraps, or an action
+                # imported from another target: either way its author may expect a route here.
+                log.warning('%s: %s comes from %s, so it is not an action: only functions defined in '
+                            'the module itself are (a decorator should use functools.wraps)', file, name, origin)
+            continue
+        if _is_async(action):
+            raise ProductError(f'{file}: async def {name}() cannot be an action: apiphant runs on gevent, '
+                               f'not asyncio; write a plain def {name}() (blocking calls already let '
+                               f'other requests run)')
+        actions[name] = action
+    return actions
+
+
+def _is_async(function):
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (function, inspect.unwrap(function)))
 
 
 def _is_public_name(part):
     return part.isidentifier() and not part.startswith('_')
 
 
-def _describe(error, folder):
+def describe_error(error, folder):
     """One line: the error and the last place in the product's own code it passed through."""
     text = f'{type(error).__name__}: {error}'
     if isinstance(error, SyntaxError):

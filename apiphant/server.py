@@ -216,7 +216,7 @@ def serve(app, listener, options, started_message='', parent_pid=None):
         gevent.spawn(_watch_parent, parent_pid, stop)
     server.start()
     if started_message:
-        log.info('%s', started_message)
+        logs.start.info('%s', started_message)
     stop.wait()
     log.info('pid %d: draining %d connection(s), %.0f s at most', os.getpid(), len(server.connections),
              options.drain_timeout)

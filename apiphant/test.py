@@ -2,7 +2,8 @@
 
 The same `test()` and `call()` run against either of two things, chosen by `config`:
 - `client(product)` calls the product's WSGI app in this process: no socket, no server, so a test
-  takes well under a millisecond and a failing action's traceback shows in the test's output;
+  takes well under a millisecond, and an action's exception is raised in the test itself, as
+  Starlette's TestClient does (`raise_server_exceptions=False` answers it with the 500 instead);
 - `serve(product)` starts a real `apiphant` server on a free loopback port, for what only a server
   shows (timeouts, limits, the wire format); APIPHANT_URL points the tests at a deployed one.
 Standard library only, so product tests need nothing beyond apiphant.
@@ -23,7 +24,7 @@ from wsgiref.util import setup_testing_defaults
 import ujson
 
 from apiphant import lifespan, routes
-from apiphant.app import MAX_BODY, App, encode
+from apiphant.app import MAX_BODY, RAISE_EXCEPTIONS, App, encode
 
 START_TIMEOUT = 30.0
 _SERVING = re.compile(r'on (http://\S+?)/api/')
@@ -36,6 +37,7 @@ class Config:
     version: str = 'v0'
     timeout: float = 30.0
     app: object = None  # a WSGI app to call in this process instead of HTTP (see `client`)
+    raise_server_exceptions: bool = True  # in process: an action's exception reaches the test
 
     def url(self, target, action):
         """APIPHANT_URL (e.g. http://10.0.0.5/api/v0), when set, wins over host, port and version."""
@@ -50,8 +52,27 @@ class Config:
 config = Config()
 
 
+class Reply(tuple):
+    """`(status, body)`, as `status, body = call(...)` unpacks it, with the answer's `headers`
+    (an http.client.HTTPMessage: `reply.headers['content-type']`, any case)."""
+
+    def __new__(cls, status, body, headers):
+        reply = super().__new__(cls, (status, body))
+        reply.headers = headers
+        return reply
+
+    @property
+    def status(self):
+        return self[0]
+
+    @property
+    def body(self):
+        return self[1]
+
+
 def call(target, action, request=None, method='POST', headers=None):
-    """Send one request; return (status, body), the body decoded from JSON where it is JSON."""
+    """Send one request with `headers` ({name: value}) added; return a Reply: (status, body), the
+    body decoded from JSON where it is JSON, and `.headers`."""
     url = config.url(target, action)
     if isinstance(request, (dict, list)):
         data = encode(request)
@@ -60,19 +81,22 @@ def call(target, action, request=None, method='POST', headers=None):
     else:
         data = request or b''
     if _in_process():
-        status, raw = _call_in_process(config.app, method, urlsplit(url).path, data, headers or {})
+        status, answer_headers, raw = _call_in_process(config.app, method, urlsplit(url).path, data, headers or {})
     else:
-        status, raw = _call_over_http(url, method, data, headers or {})
+        status, answer_headers, raw = _call_over_http(url, method, data, headers or {})
     try:
         body = ujson.loads(raw)
     except ValueError:
         body = raw.decode('utf-8', 'replace')
-    return status, body
+    return Reply(status, body, answer_headers)
 
 
-def test(target, action, request=None, status=200, response=None, method='POST'):
-    """Call the API, print the exchange, assert `status` (and `response` unless None); return body."""
-    got_status, got = call(target, action, request, method)
+def test(target, action, request=None, status=200, response=None, method='POST', headers=None,
+         response_headers=None):
+    """Call the API, print the exchange, assert `status` (and `response` unless None, and each of
+    `response_headers`, {name: value}); return the body. `headers` are added to the request."""
+    reply = call(target, action, request, method, headers)
+    got_status, got = reply
     shown = request if isinstance(request, (bytes, str)) else encode(request or {}).decode()
     url = config.url(target, action)
     where = f'{urlsplit(url).path} (in process)' if _in_process() else url
@@ -80,6 +104,10 @@ def test(target, action, request=None, status=200, response=None, method='POST')
     if got_status != status or (response is not None and got != response):
         raise AssertionError(f'{method} {target}/{action}: expected {status} {response!r}, '
                              f'got {got_status} {got!r}')
+    for name, value in (response_headers or {}).items():
+        if reply.headers.get(name) != value:
+            raise AssertionError(f'{method} {target}/{action}: expected the header {name}: {value!r}, '
+                                 f'got {reply.headers.get(name)!r}')
     return got
 
 
@@ -96,7 +124,7 @@ def _call_over_http(url, method, data, headers):
     try:
         connection.request(method, parts.path, body=data, headers=headers)
         reply = connection.getresponse()
-        return reply.status, reply.read()
+        return reply.status, reply.headers, reply.read()
     finally:
         connection.close()
 
@@ -104,7 +132,8 @@ def _call_over_http(url, method, data, headers):
 def _call_in_process(app, method, path, data, headers):
     """One WSGI call with the environ a server would build for this request."""
     environ = {'REQUEST_METHOD': method, 'PATH_INFO': path, 'CONTENT_LENGTH': str(len(data)),
-               'wsgi.input': io.BytesIO(data), 'SERVER_PROTOCOL': 'HTTP/1.1'}
+               'wsgi.input': io.BytesIO(data), 'SERVER_PROTOCOL': 'HTTP/1.1',
+               RAISE_EXCEPTIONS: config.raise_server_exceptions}
     for name, value in headers.items():
         key = name.upper().replace('-', '_')
         environ[key if key in ('CONTENT_TYPE', 'CONTENT_LENGTH') else f'HTTP_{key}'] = value
@@ -122,26 +151,32 @@ def _call_in_process(app, method, path, data, headers):
     finally:
         if hasattr(chunks, 'close'):
             chunks.close()
-    return int(started[0].split()[0]), b''.join(body)
+    answer_headers = http.client.HTTPMessage()
+    for name, value in started[1]:
+        answer_headers[name] = value  # (adds: a repeated header stays repeated)
+    return int(started[0].split()[0]), answer_headers, b''.join(body)
 
 
 @contextmanager
-def client(product, max_body=MAX_BODY):
+def client(product, max_body=MAX_BODY, raise_server_exceptions=True):
     """Point `config` at the product's WSGI app, called in this process, for a `with` block.
 
     The product is loaded as `apiphant PRODUCT` loads it (same routes, same import errors), but
     without gevent's monkey-patching: actions run as plain Python, under the test's own thread.
-    Its api/lifespan.py runs around the block: start-up on entry, shutdown on the way out.
+    Its api/lifespan.py runs around the block: start-up on entry, shutdown on the way out. An
+    exception an action raises (other than ApiError) is raised by `call()` and `test()`, its
+    traceback in the test's failure; `raise_server_exceptions=False` answers it with the 500 a
+    server would, to test that answer.
     """
     folder = routes.locate(str(product))
     app = App(routes.discover(folder), max_body=max_body)
-    saved = config.app
+    saved = config.app, config.raise_server_exceptions
     with lifespan.load(folder):
-        config.app = app
+        config.app, config.raise_server_exceptions = app, raise_server_exceptions
         try:
             yield app
         finally:
-            config.app = saved
+            config.app, config.raise_server_exceptions = saved
 
 
 @dataclass

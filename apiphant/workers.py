@@ -9,6 +9,7 @@ import gevent
 import gevent.os
 
 from apiphant import lifespan as lifespans
+from apiphant import logs
 from apiphant.server import on_stop_signals, serve
 
 log = logging.getLogger('apiphant')
@@ -61,7 +62,7 @@ def run_workers(app, listener, options, lifespan, started_message='', metrics_wo
         while ready < options.workers:
             ready += len(gevent.os.nb_read(ready_read, options.workers - ready))
         if started_message:
-            log.info('%s', started_message)
+            logs.start.info('%s', started_message)
 
     def on_signal(signum):
         nonlocal stopping

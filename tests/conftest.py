@@ -42,6 +42,7 @@ def example(example_server):
 
 @pytest.fixture(params=IN_PROCESS_OR_LIVE)
 def kitchen_either(request):
-    """The kitchen product through the in-process client, then through a real server."""
+    """The kitchen product through the in-process client, then through a real server; an action's
+    exception is the 500 in both."""
     with in_process_or_live(request, KITCHEN, 'kitchen_server'):
         yield request.param

@@ -36,9 +36,10 @@ def make_product(root, name, files):
 
 
 def run_cli(*args, timeout=30, env=None):
-    """Run `apiphant ARGS` to its end (for the calls that must exit by themselves)."""
+    """Run `apiphant ARGS` to its end (for the calls that must exit by themselves); `env`: variables
+    added to this process's environment."""
     return subprocess.run([sys.executable, '-m', 'apiphant', *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def http_request(method='POST', path='/', body=b'', headers=(), framing='content-length',
@@ -271,5 +272,5 @@ def in_process_or_live(request, product, server_fixture):
     """For a fixture parametrized with IN_PROCESS_OR_LIVE: a `with` block in which `config` points at
     the product's app in this process, or at the real server that the fixture `server_fixture` runs."""
     if request.param == 'in process':
-        return client(product)
+        return client(product, raise_server_exceptions=False)
     return request.getfixturevalue(server_fixture).use()

@@ -1,15 +1,21 @@
 """The `apiphant` command: arguments, start-up errors, discovery, listening addresses."""
 
+import json
 import os
 import re
 import resource
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from apiphant import __version__
 from apiphant.test import serve, test
-from support import EXAMPLE, KITCHEN, make_product, run_cli
+from support import EXAMPLE, KITCHEN, exchange, http_request, log_has, make_product, run_cli
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.mark.parametrize('args, message', [
@@ -39,6 +45,47 @@ def test_version_and_help():
     for option in ('--workers', '--max-body', '--no-access-log', '--drain-timeout', '--idle-timeout',
                    '--request-timeout', 'HOST:PORT'):
         assert option in help_text
+
+
+@pytest.mark.parametrize('command', [[sys.executable, '-m', 'apiphant'], [str(BIN / 'apiphant-background')]])
+def test_help_lists_an_environment_variable_for_every_option(command):
+    help_text = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=30).stdout
+    options = set(re.findall(r'^  (--[a-z-]+)', help_text, re.M)) - {'--help', '--version'}
+    assert {'--log-format', '--log-level'} <= options
+    variables = set(re.findall(r'\[(APIPHANT_[A-Z_]+)\]', help_text))
+    assert variables == {'APIPHANT_' + option[2:].upper().replace('-', '_') for option in options}
+
+
+def test_options_come_from_the_environment_and_the_command_line_wins():
+    env = {**os.environ, 'APIPHANT_WORKERS': '2', 'APIPHANT_MAX_BODY': '1k', 'APIPHANT_NO_ACCESS_LOG': 'true',
+           'APIPHANT_CORS': 'http://a.test, http://b.test', 'APIPHANT_LOG_FORMAT': 'json',
+           'APIPHANT_LOG_LEVEL': 'WARNING', 'APIPHANT_HEALTH_PATH': '/health', 'APIPHANT_METRICS': '',
+           'APIPHANT_IDLE_TIMEOUT': '', 'APIPHANT_REQUEST_TIMEOUT': '5', 'APIPHANT_DRAIN_TIMEOUT': '3'}
+    with serve(EXAMPLE, '--workers', '1', env=env) as server:
+        test('echo', 'read', {'x': 'y' * 2000}, 413)
+        assert exchange(server.port, http_request('GET', '/health')).status == 200
+        server.process.terminate()
+        assert server.process.wait(30) == 0
+    started = json.loads(server.log[0])  # the start-up line is logged whatever the level
+    assert started['message'].endswith(
+        '(workers 1, max body 1024, access log off, cors http://a.test http://b.test, health /health)')
+    assert [json.loads(line)['level'] for line in server.log[1:]] == []  # info is under the level
+    with serve(EXAMPLE, '--cors', 'http://c.test', '--no-access-log', env={**env, 'APIPHANT_WORKERS': '1'}) as server:
+        assert log_has(server, 'cors http://c.test, health')  # a list on the command line replaces the variable's
+
+
+@pytest.mark.parametrize('variable, value, message', [
+    ('APIPHANT_WORKERS', '0', "'0' is not a whole number of at least 1"),
+    ('APIPHANT_MAX_BODY', 'lots', "'lots' is not a size in bytes"),
+    ('APIPHANT_LOG_FORMAT', 'xml', "'xml' is not one of text, json"),
+    ('APIPHANT_LOG_LEVEL', 'loud', "'loud' is not one of debug, info, warning, error, critical"),
+    ('APIPHANT_NO_ACCESS_LOG', 'maybe', "'maybe' is neither true nor false (1/0, true/false, yes/no, on/off)"),
+    ('APIPHANT_CORS', 'https://ok.test https://*.com', "'https://*.com' would let every site under .com in"),
+])
+def test_a_bad_environment_variable_is_one_usage_line_naming_it(variable, value, message):
+    result = run_cli(str(EXAMPLE), env={variable: value})
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f'apiphant: error: environment variable {variable}: {message}')
 
 
 def test_import_error_names_the_file_and_stops(tmp_path):
@@ -86,8 +133,88 @@ def test_product_parent_is_importable_and_monkey_patched_first(tmp_path):
 def test_start_up_line_says_what_is_served_where():
     with serve(KITCHEN, '--workers', '1') as server:
         line = next(line for line in server.log if 'serving' in line)
-    assert re.search(rf'apiphant {re.escape(__version__)} serving kitchen \(16 routes\) on '
+    assert re.search(rf'apiphant {re.escape(__version__)} serving kitchen \(17 routes\) on '
                      rf'http://127\.0\.0\.1:\d+/api/', line)
+    listed = run_cli('routes', str(KITCHEN)).stdout.splitlines()
+    assert len(listed) == 17  # the routes `apiphant routes` lists are the ones served
+
+
+def test_an_imported_function_is_never_an_action(tmp_path):
+    """`from shop.helpers import delete` in a target must not publish the helper (and let a client run it)."""
+    ran = tmp_path / 'helper-ran'
+    folder = make_product(tmp_path, 'shop', {
+        'helpers.py': f'''
+            from pathlib import Path
+
+            def delete(request):
+                Path({str(ran)!r}).touch()
+                return {{'deleted': 'everything'}}
+            ''',
+        'api/v0/orders.py': '''
+            from os import replace as update
+            from shop.helpers import delete
+
+            def read(request):
+                return {'orders': []}
+            ''',
+    })
+    listed = run_cli('routes', str(folder))
+    assert listed.stdout == 'POST /api/v0/orders/read\n'
+    warning = (f'{folder}/api/v0/orders.py: delete comes from shop.helpers, so it is not an action: only '
+               f'functions defined in the module itself are')
+    assert warning in listed.stderr
+    assert 'update' not in listed.stderr  # a library's function (as SQLAlchemy's update) is no concern
+    with serve(folder) as server:
+        test('orders', 'read', {}, 200, {'orders': []})
+        test('orders', 'delete', {}, 404)
+        test('orders', 'update', {}, 404)
+        assert '(1 routes)' in ''.join(server.log) and log_has(server, warning)
+    assert not ran.exists()
+
+
+def test_what_yields_no_route_is_named_in_a_start_up_warning(tmp_path):
+    folder = make_product(tmp_path, 'quiet', {
+        'api/v0/echo.py': 'def read(request):\n    return {}\n',
+        'api/v0/verbs.py': 'def get(request):\n    return {}\n',
+        'api/v0/_helpers.py': 'def shared():\n    pass\n',
+        'api/V1/echo.py': 'def read(request):\n    return {}\n',
+        'api/version2/echo.py': 'def read(request):\n    return {}\n',
+        'api/common/echo.py': 'def read(request):\n    return {}\n',
+    })
+    with serve(folder) as server:
+        log = ''.join(server.log)
+    assert f'{folder}/api/v0/verbs.py defines no action (a function create, read, update or delete): ' \
+           f'nothing in it is served; a helper module is best named _verbs.py' in log
+    assert f'{folder}/api/V1 is not a version folder (v0, v1, ...): nothing in it is served' in log
+    assert f'{folder}/api/version2 is not a version folder' in log
+    assert '_helpers' not in log and 'common' not in log and 'echo.py' not in log
+    assert '(1 routes)' in log
+
+
+def test_routes_of_a_product_without_any_says_so_and_fails(tmp_path):
+    folder = make_product(tmp_path, 'empty', {'api/V0/echo.py': 'def read(request):\n    return {}\n'})
+    result = run_cli('routes', str(folder))
+    assert result.returncode == 1 and result.stdout == ''
+    assert f'{folder}/api/V0 is not a version folder' in result.stderr
+    assert result.stderr.endswith(f'apiphant routes: empty has no route: no action under {folder}/api/v*/\n')
+
+
+@pytest.mark.parametrize('source', [
+    'async def read(request):\n    return {}\n',
+    'import functools\n\ndef logged(f):\n    @functools.wraps(f)\n    def wrapper(request):\n'
+    '        return f(request)\n    return wrapper\n\n@logged\nasync def read(request):\n    return {}\n',
+    'async def read(request):\n    yield {}\n',
+])
+def test_an_async_action_stops_the_start_up_with_one_line(tmp_path, source):
+    folder = make_product(tmp_path, 'aio', {'api/v0/echo.py': source})
+    result = run_cli(str(folder), '127.0.0.1:0')
+    assert result.returncode == 1
+    assert result.stderr.count('\n') == 1, result.stderr
+    assert result.stderr.rstrip().endswith(
+        f'{folder}/api/v0/echo.py: async def read() cannot be an action: apiphant runs on gevent, not asyncio; '
+        f'write a plain def read() (blocking calls already let other requests run)')
+    listed = run_cli('routes', str(folder))
+    assert listed.returncode == 1 and 'async def read() cannot be an action' in listed.stderr
 
 
 def test_product_by_import_name(tmp_path):

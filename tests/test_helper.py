@@ -21,6 +21,46 @@ def test_the_same_tests_pass_in_process_and_live(kitchen_either):
     assert call('raw', 'update', method='DELETE') == (200, 'method,DELETE')
 
 
+def test_request_headers_in_response_headers_out(kitchen_either):
+    reply = call('raw', 'read', method='GET', headers={'X-Tag': 'blue'})
+    assert reply == (200, {'method': 'GET', 'length': 0, 'tag': 'blue'})
+    assert reply.status == 200 and reply.body['tag'] == 'blue'
+    assert reply.headers['content-type'] == 'application/json'  # any case
+    assert reply.headers['Content-Length'] == str(len(b'{"method": "GET", "length": 0, "tag": "blue"}'))
+    status, body = call('raw', 'create', {'x': 'y'})  # still unpacks as (status, body)
+    assert (status, body) == (200, 'plain y')
+    assert test('raw', 'update', None, 200, 'method,GET', method='GET', headers={'X-Tag': 'red'},
+                response_headers={'Content-Type': 'text/csv'}) == 'method,GET'
+    with pytest.raises(AssertionError, match=r"GET raw/update: expected the header content-type: 'text/plain', "
+                                             r"got 'text/csv'"):
+        test('raw', 'update', None, 200, method='GET', response_headers={'content-type': 'text/plain'})
+    test('things', 'read', None, 405, method='GET', response_headers={'Allow': 'POST'})
+
+
+def test_a_live_server_answers_with_the_request_id_sent(kitchen):
+    test('things', 'create', {'id': 1}, 200, headers={'X-Request-ID': 'helper-1'},
+         response_headers={'X-Request-ID': 'helper-1'})
+
+
+def test_in_process_an_actions_exception_reaches_the_test_as_in_starlette():
+    with client(KITCHEN):
+        with pytest.raises(RuntimeError, match='secret detail'):
+            test('things', 'delete', {'mode': 'crash'}, 500)
+        with pytest.raises(TypeError, match=r'/api/v0/things/delete returned list; an action returns a dict or None'):
+            call('things', 'delete', {'mode': 'list'})
+        test('things', 'update', {'code': 418}, 418)  # an ApiError is an answer, not a failure
+        test('things', 'create', {}, 400)
+    with client(KITCHEN, raise_server_exceptions=False):
+        test('things', 'delete', {'mode': 'crash'}, 500, {'error': '500 Internal Server Error'})
+    assert config.raise_server_exceptions is True
+
+
+def test_only_functions_defined_in_the_target_are_actions(kitchen_either):
+    test('imports', 'read', {}, 200, {'defined': 'here'})
+    test('imports', 'update', {}, 404)  # os.replace, imported as update
+    test('imports', 'delete', {}, 404)  # shutil.rmtree
+
+
 def test_the_in_process_client_prints_the_path_and_is_undone_after(capsys):
     with client(KITCHEN):
         test('things', 'create', {'id': 2}, 200)

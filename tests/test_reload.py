@@ -21,12 +21,12 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def serve_reloading(stack, product):
+def serve_reloading(stack, product, *args, env=None):
     """`--reload` needs a fixed port (each new process binds it): one chosen free, and another if
     something took it before the server bound it."""
     for _ in range(5):
         try:
-            return stack.enter_context(serve(product, '--reload', port=free_port()))
+            return stack.enter_context(serve(product, *args, port=free_port(), env=env))
         except RuntimeError as error:
             if 'Address already in use' not in str(error):
                 raise
@@ -52,7 +52,7 @@ def test_reload_restarts_on_a_change_survives_a_broken_one_and_stops_cleanly(tmp
     product = make_product(tmp_path, 'dev', {'api/v0/__init__.py': '', 'api/v0/echo.py': ECHO % 1})
     echo = product / 'api' / 'v0' / 'echo.py'
     with ExitStack() as stack:
-        server = serve_reloading(stack, product)
+        server = serve_reloading(stack, product, '--reload')
         assert log_has(server, f'reload: watching {product} for .py changes (for development only)')
         assert log_has(server, 'reload on: development only')
         assert answers() == (200, {'version': 1, 'file': str(echo)})
@@ -74,3 +74,14 @@ def test_reload_restarts_on_a_change_survives_a_broken_one_and_stops_cleanly(tmp
         assert server.process.wait(30) == 0
     assert not os.path.exists(f'/proc/{served[0]}')
     assert sum('serving dev' in line for line in server.log) == 3
+
+
+def test_reload_from_the_environment_reloads_once(tmp_path):
+    """APIPHANT_RELOAD reaches the child too, which must serve rather than watch in turn."""
+    product = make_product(tmp_path, 'dev', {'api/v0/echo.py': ECHO % 1})
+    with ExitStack() as stack:
+        server = serve_reloading(stack, product, env={**os.environ, 'APIPHANT_RELOAD': 'true'})
+        assert log_has(server, 'reload on: development only')
+        assert answers() == (200, {'version': 1, 'file': str(product / 'api' / 'v0' / 'echo.py')})
+        served = children(server.process.pid)
+        assert len(served) == 1 and children(served[0]) == []

@@ -11,6 +11,7 @@ import yaml
 
 from apiphant import __version__
 from apiphant.test import serve, test
+from support import ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -86,6 +87,14 @@ def test_the_deploy_folder_names_the_collection_and_loads_the_fabric_tasks(shop)
                             timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert re.findall(r'^  (\w+) ', listed.stdout, re.M) == ['deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock']
+
+
+def test_the_new_products_readme_says_how_to_install_its_tests_and_what_the_deploy_is_tested_on(shop):
+    readme, main = (' '.join(path.read_text().split()) for path in (shop / 'README.md', ROOT / 'README.md'))
+    assert "pip install 'apiphant[test]'" in readme
+    tested = 'Ubuntu LTS may work, but no test covers it'  # the main README's words
+    assert tested in readme and tested in main
+    assert 'Debian 12 or 13' in readme and 'Debian or Ubuntu' not in readme
 
 
 def test_the_new_product_never_mentions_a_checkout_of_apiphant(shop):
