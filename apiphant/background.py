@@ -9,7 +9,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -20,6 +20,7 @@ log = logging.getLogger('apiphant.background')
 
 STOP_TIMEOUT = 10.0
 _tasks = []
+Task_ = TypeVar('Task_', bound=Callable[..., Any])  # what @seconds decorates, returned unchanged
 
 
 @dataclass
@@ -30,12 +31,12 @@ class Task:
     function: Callable = field(compare=False)
 
 
-def seconds(period):
+def seconds(period: float) -> Callable[[Task_], Task_]:
     """Run the decorated function every `period` seconds (the first time when the loop starts)."""
     if not isinstance(period, (int, float)) or isinstance(period, bool) or period <= 0:
         raise ValueError(f'@seconds needs a positive number of seconds, not {period!r}')
 
-    def register(function):
+    def register(function: Task_) -> Task_:
         _tasks.append(Task(0.0, float(period), function.__name__, function))
         return function
     return register

@@ -26,7 +26,9 @@ import math
 import os
 import select
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from gevent.monkey import get_original
 
@@ -78,7 +80,8 @@ def _setting(value, name, default, kind, zero_allowed=False):
 
 
 @contextmanager
-def pool(url=None, size=None, timeout=None, max_waiting=None):
+def pool(url: str | None = None, size: int | None = None, timeout: float | None = None,
+         max_waiting: int | None = None) -> Iterator[ConnectionPool]:
     """Open this process's pool for a `with` block (in the product's lifespan), then close it.
 
     `url` (else DATABASE_URL): a libpq URL or connection string. `size` (DATABASE_POOL_SIZE, 10):
@@ -113,12 +116,12 @@ def pool(url=None, size=None, timeout=None, max_waiting=None):
         opened.close()
 
 
-def is_open():
+def is_open() -> bool:
     return _pool is not None
 
 
 @contextmanager
-def connection():
+def connection() -> Iterator[psycopg.Connection[Any]]:
     """A connection of the pool for one action, in a transaction: committed when the block ends,
     rolled back when it raises. Busy (503) when none is free within the pool's timeout."""
     if _pool is None:

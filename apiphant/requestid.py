@@ -20,7 +20,7 @@ current = ContextVar('apiphant_request_id', default=NONE)
 is_well_formed = re.compile(r'[A-Za-z0-9._-]{1,128}\Z').match
 
 
-def request_id():
+def request_id() -> str:
     """The ID of the request being answered (for an action, a log line, a call to another service);
     '-' outside a request."""
     return current.get()

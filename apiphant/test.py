@@ -16,8 +16,11 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import Message
+from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.util import setup_testing_defaults
 
@@ -56,21 +59,24 @@ class Reply(tuple):
     """`(status, body)`, as `status, body = call(...)` unpacks it, with the answer's `headers`
     (an http.client.HTTPMessage: `reply.headers['content-type']`, any case)."""
 
-    def __new__(cls, status, body, headers):
+    headers: Message
+
+    def __new__(cls, status: int, body: Any, headers: Message) -> 'Reply':
         reply = super().__new__(cls, (status, body))
         reply.headers = headers
         return reply
 
     @property
-    def status(self):
-        return self[0]
+    def status(self) -> int:
+        return self[0]  # type: ignore[no-any-return]
 
     @property
-    def body(self):
+    def body(self) -> Any:
         return self[1]
 
 
-def call(target, action, request=None, method='POST', headers=None):
+def call(target: str, action: str, request: Any = None, method: str = 'POST',
+         headers: Mapping[str, str] | None = None) -> Reply:
     """Send one request with `headers` ({name: value}) added; return a Reply: (status, body), the
     body decoded from JSON where it is JSON, and `.headers`."""
     url = config.url(target, action)
@@ -91,8 +97,9 @@ def call(target, action, request=None, method='POST', headers=None):
     return Reply(status, body, answer_headers)
 
 
-def test(target, action, request=None, status=200, response=None, method='POST', headers=None,
-         response_headers=None):
+def test(target: str, action: str, request: Any = None, status: int = 200, response: Any = None,
+         method: str = 'POST', headers: Mapping[str, str] | None = None,
+         response_headers: Mapping[str, str] | None = None) -> Any:
     """Call the API, print the exchange, assert `status` (and `response` unless None, and each of
     `response_headers`, {name: value}); return the body. `headers` are added to the request."""
     reply = call(target, action, request, method, headers)
@@ -111,7 +118,7 @@ def test(target, action, request=None, status=200, response=None, method='POST',
     return got
 
 
-test.__test__ = False  # pytest: a helper, not a test to collect
+test.__test__ = False  # type: ignore[attr-defined]  # pytest: a helper, not a test to collect
 
 
 def _in_process():
@@ -158,7 +165,8 @@ def _call_in_process(app, method, path, data, headers):
 
 
 @contextmanager
-def client(product, max_body=MAX_BODY, raise_server_exceptions=True):
+def client(product: str | os.PathLike[str], max_body: int = MAX_BODY,
+           raise_server_exceptions: bool = True) -> Iterator[App]:
     """Point `config` at the product's WSGI app, called in this process, for a `with` block.
 
     The product is loaded as `apiphant PRODUCT` loads it (same routes, same import errors), but
@@ -181,20 +189,20 @@ def client(product, max_body=MAX_BODY, raise_server_exceptions=True):
 
 @dataclass
 class RunningServer:
-    process: subprocess.Popen
+    process: subprocess.Popen[str]
     url: str
-    log: list
+    log: list[str]
 
     @property
-    def host(self):
-        return urlsplit(self.url).hostname
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ''
 
     @property
-    def port(self):
-        return urlsplit(self.url).port
+    def port(self) -> int:
+        return urlsplit(self.url).port or 0
 
     @contextmanager
-    def use(self):
+    def use(self) -> Iterator['RunningServer']:
         """Point `config` at this server for a `with` block (when several servers run at once)."""
         saved = (config.host, config.port, config.app)
         config.host, config.port, config.app = self.host, self.port, None
@@ -205,7 +213,8 @@ class RunningServer:
 
 
 @contextmanager
-def serve(product, *args, host='127.0.0.1', port=0, env=None):
+def serve(product: str | os.PathLike[str], *args: str, host: str = '127.0.0.1', port: int = 0,
+          env: Mapping[str, str] | None = None) -> Iterator[RunningServer]:
     """Run `apiphant product host:port *args`, wait for its start-up line, point `config` at it.
 
     Port 0 (the default) lets the kernel choose a free port; `--reload` needs a fixed one, as

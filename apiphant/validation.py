@@ -5,14 +5,20 @@ any depth and the app only has to send what the error carries.
 """
 
 import functools
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from apiphant.errors import ApiError  # (defined where the server can use it; imported from here too)
+
+__all__ = ['ApiError', 'Invalid', 'Missing', 'field', 'nested_errors']
+
+Action = TypeVar('Action', bound=Callable[..., Any])
 
 
 class _FieldError(ApiError):
     state = ''
 
-    def __init__(self, name, explain=None):
+    def __init__(self, name: str, explain: Any = None) -> None:
         text = f'{name} is {self.state.capitalize()}'
         details = {'field': name, 'state': self.state}
         if explain is not None:
@@ -35,7 +41,7 @@ class Missing(_FieldError):
     state = 'missing'
 
 
-def nested_errors(action):
+def nested_errors(action: Action) -> Action:
     """Answer the action's Invalid and Missing in apiphant 0.2's shape, for clients written for it.
 
     400 `{"error": {"field": "id", "state": "invalid"}}` (with "explain" when given) instead of
@@ -43,17 +49,19 @@ def nested_errors(action):
     its old clients working while it moves one action at a time.
     """
     @functools.wraps(action)
-    def answer_as_in_0_2(*args):
+    def answer_as_in_0_2(*args: Any) -> Any:
         try:
             return action(*args)
         except _FieldError as error:
             nested = {key: value for key, value in error.body.items() if key != 'error'}
             raise ApiError(400, nested) from None
-    return answer_as_in_0_2
+    return answer_as_in_0_2  # type: ignore[return-value]  (wraps keeps its signature)
 
 
-def field(request, name, is_required=False, default_value=None, valid_value=None, valid_type=None,
-          valid_length=None, max_length=None, explain=None):
+def field(request: Mapping[str, Any] | None, name: str, is_required: bool = False, default_value: Any = None,
+          valid_value: Any = None, valid_type: type | tuple[type, ...] | None = None,
+          valid_length: int | tuple[int, int] | None = None, max_length: int | None = None,
+          explain: Any = None) -> Any:
     """Return `request[name]` after the checks asked for, or raise Missing / Invalid naming the field.
 
     Whatever JSON a client sends, field() returns or raises Missing or Invalid, never anything else.

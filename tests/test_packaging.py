@@ -62,7 +62,7 @@ def test_the_wheel_holds_the_framework_the_tasks_and_the_skeleton_at_this_versio
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = email.message_from_bytes(archive.read(f'apiphant-{__version__}.dist-info/METADATA'))
-    assert {'apiphant/app.py', 'apiphant_deploy/tasks.py', 'apiphant/skeleton/deploy/inventory.ini.tmpl',
+    assert {'apiphant/app.py', 'apiphant/py.typed', 'apiphant_deploy/tasks.py', 'apiphant/skeleton/deploy/inventory.ini.tmpl',
             f'apiphant-{__version__}.dist-info/licenses/LICENSE'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/', 'example/')) for name in names)
     assert metadata['Version'] == __version__ and metadata['License-Expression'] == 'MIT'
