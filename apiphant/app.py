@@ -12,11 +12,10 @@ import sys
 import ujson
 
 from apiphant import routes
-from apiphant.errors import BODY_REFUSED, ApiError, NotJson, encode  # (also imported from here)
+from apiphant.errors import BODY_REFUSED, MAX_BODY, ApiError, NotJson, encode  # (also imported from here)
 
 log = logging.getLogger('apiphant')
 
-MAX_BODY = 1024 * 1024
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 
 # ujson reads some bodies more kindly than JSON allows: 'NaN', 'Infinity' and numbers too big for a
