@@ -42,7 +42,7 @@ class Clock:
     """Date header and log timestamp, formatted once a second instead of once a request."""
 
     second = 0
-    http_date = ''
+    date_line = b''  # the Date header's line
     log_time = ''
 
     @classmethod
@@ -50,7 +50,7 @@ class Clock:
         now = int(time.time())
         if now != cls.second:
             cls.second = now
-            cls.http_date = formatdate(now, usegmt=True)
+            cls.date_line = b'Date: %s\r\n' % formatdate(now, usegmt=True).encode()
             cls.log_time = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))
         return cls
 
@@ -71,6 +71,40 @@ class FileWrapper:
             if not block:
                 return
             yield block
+
+
+_BLOCKS = {}  # (status, *headers) -> _block's answer: the same few heads, checked and encoded once
+_BLOCKS_MAX = 4096  # (bounded: an app may put anything in its headers)
+
+
+def _block(status, headers):
+    """The status line and the app's header lines as bytes, checked for line breaks, with the
+    status code, whether they hold a Content-Length and a Date, and whether they ask for a close."""
+    code = int(status[:3])
+    lines = []
+    has_length = has_date = closing = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == 'content-length':
+            has_length = True
+            if code == 205:
+                continue  # (written as 0: a 205 has no content)
+        elif lower == 'date':
+            has_date = True
+        elif lower == 'connection' and 'close' in value.lower():
+            closing = True
+            continue
+        lines.append(f'{name}: {value}\r\n')
+    text = ''.join(lines)
+    if text.count('\n') != len(lines) or text.count('\r') != len(lines) or '\n' in status or '\r' in status:
+        raise ValueError(f'a response header holds a line break: {status!r} {headers!r}')
+    block = (f'HTTP/1.1 {status}\r\n{text}'.encode('latin-1'), code, has_length, has_date, closing)
+    if len(_BLOCKS) < _BLOCKS_MAX:
+        try:
+            _BLOCKS[status, *headers] = block
+        except TypeError:
+            pass  # (a header given as a list: built again each time)
+    return block
 
 
 class Exchange:
@@ -144,39 +178,28 @@ class Exchange:
         """The status line and headers; `length` None: the caller frames the body itself.
         Returns the head, whether the connection closes after it and whether the status allows
         a body."""
-        status = self.status
-        code = int(status[:3])
-        body_allowed = has_body(code)
-        lines = []
-        has_length = has_date = False
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == 'content-length':
-                has_length = True
-                if code == 205:
-                    continue  # (written as 0 below: a 205 has no content)
-            elif lower == 'date':
-                has_date = True
-            elif lower == 'connection' and 'close' in value.lower():
-                closing = True
-                continue
-            lines.append(f'{name}: {value}\r\n')
-        text = ''.join(lines)
-        if text.count('\n') != len(lines) or text.count('\r') != len(lines):
-            raise ValueError(f'a response header holds a line break: {self.headers!r}')
+        try:
+            block = _BLOCKS[self.status, *self.headers]
+        except (KeyError, TypeError):  # (TypeError: a header given as a list, which cannot be a key)
+            block = _block(self.status, self.headers)
+        text, code, has_length, has_date, closing_asked = block
         if not has_date:
-            text += f'Date: {Clock.tick().http_date}\r\n'
-        text += f'X-Request-ID: {self.request.id}\r\n'
+            text += Clock.tick().date_line
+        text += b'X-Request-ID: %s\r\n' % self.request.id.encode()
+        body_allowed = has_body(code)
         if code == 205:
             # Without a length a client reads a 205's (empty) content up to the close.
-            text += 'Content-Length: 0\r\n'
+            text += b'Content-Length: 0\r\n'
         elif body_allowed and not has_length and length is not None:
-            text += f'Content-Length: {length}\r\n'
+            text += b'Content-Length: %d\r\n' % length
+        closing = closing or closing_asked
         if closing:
-            text += 'Connection: close\r\n'
+            text += b'Connection: close\r\n\r\n'
         elif self.request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
-            text += 'Connection: keep-alive\r\n'
-        return f'HTTP/1.1 {status}\r\n{text}\r\n'.encode('latin-1'), closing, body_allowed
+            text += b'Connection: keep-alive\r\n\r\n'
+        else:
+            text += b'\r\n'
+        return text, closing, body_allowed
 
     def _buffered(self, body, closing):
         head, closing, body_allowed = self._head(len(body), closing)

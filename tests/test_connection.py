@@ -32,9 +32,9 @@ def echo(environ, start_response):
 class Stub:
     """A connection over a socket pair; `client` is the other end."""
 
-    def __init__(self, max_body=1024):
+    def __init__(self, app=echo):
         self.forgotten = []
-        self.state = State(echo, BASE_ENVIRON, max_body=max_body, forget=self.forgotten.append)
+        self.state = State(app, BASE_ENVIRON, max_body=1024, forget=self.forgotten.append)
         self.client, server_side = socket.socketpair()
         self.connection = Connection(server_side, ('127.0.0.1', 1234), self.state)
         self.greenlet = gevent.spawn(self.connection.run)
@@ -129,3 +129,28 @@ def test_a_refused_head_is_a_400_and_a_close(stub):
     stub.client.sendall(b'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n')
     assert stub.answers(1)[0][0] == 400
     assert stub.closed()
+
+
+def test_a_status_with_a_line_break_is_a_500_never_an_injected_header():
+    def careless(environ, start_response):
+        start_response('200 ' + unquote(environ['QUERY_STRING']), [('Content-Type', 'text/plain')])
+        return [b'hello']
+
+    stub = Stub(careless)
+    try:
+        stub.client.sendall(http_request('GET', '/x?OK%0d%0aSet-Cookie:%20stolen=1', framing=None))
+        (status, headers, _), = stub.answers(1)
+        assert status == 500 and 'set-cookie' not in headers
+    finally:
+        stub.close()
+
+
+def test_a_205_has_no_content_and_a_zero_length(stub):
+    def reset(environ, start_response):
+        start_response('205 Reset Content', [('Content-Type', 'text/plain')])
+        return [b'dropped']
+
+    stub.state.app = reset
+    stub.client.sendall(http_request('POST', '/a', b'') + http_request('POST', '/b', b''))
+    answers = stub.answers(2)
+    assert [(status, headers['content-length'], body) for status, headers, body in answers] == [(205, '0', b'')] * 2
