@@ -67,6 +67,7 @@ FAIRNESS_BUDGET = 16
 NEVER = float('inf')
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+_PROTOCOLS = {'1.1': 'HTTP/1.1', '1.0': 'HTTP/1.0'}  # the versions served, as SERVER_PROTOCOL
 _poll, _POLLIN = monkey.get_original('select', ['poll', 'POLLIN'])  # a check that never waits
 # RFC 9110 §7.2: Host is uri-host [":" port], uri-host as RFC 3986 §3.2.2 has it: an IPv6 (or
 # IPvFuture) literal in brackets, or a reg-name (an IPv4 address is one); it may be empty.
@@ -126,6 +127,8 @@ class Connection:
         self.address = address
         self.state = state
         self.parser = httptools.HttpRequestParser(self)
+        # What every request's environ on this connection starts from: the client's address once.
+        self.environ = {**state.environ, 'REMOTE_ADDR': address[0], 'REMOTE_PORT': str(address[1])}
         self.deadline = time.monotonic() + state.request_timeout  # a first byte, soon
         self.idle_since = None  # when it began waiting for a next request, on a kept-alive connection
         self.requests_served = 0
@@ -175,9 +178,9 @@ class Connection:
         parser, request = self.parser, self.request
         request.head_done = True
         version = parser.get_http_version()
-        if version not in ('1.1', '1.0'):
+        if version not in _PROTOCOLS:
             self._refuse(400, f'HTTP version {version}')
-        environ = self.state.environ.copy()
+        environ = self.environ.copy()
         length = None
         codings = []
         expect = b''
@@ -216,9 +219,7 @@ class Connection:
         environ['REQUEST_METHOD'] = method
         environ['PATH_INFO'] = (unquote_to_bytes(path) if b'%' in path else path).decode('latin-1')
         environ['QUERY_STRING'] = query.decode('latin-1')
-        environ['SERVER_PROTOCOL'] = 'HTTP/' + version
-        environ['REMOTE_ADDR'] = self.address[0]
-        environ['REMOTE_PORT'] = str(self.address[1])
+        environ['SERVER_PROTOCOL'] = _PROTOCOLS[version]
         request.environ = environ
         if length is not None and length > self.state.max_body:
             self._refuse_body(f'Content-Length {length}')
