@@ -57,7 +57,6 @@ class Options:
 class Server:
     def __init__(self, listener, app, options):
         self.listener = listener
-        self.app = app
         self.options = options
         self.tcp = listener.family != socket.AF_UNIX
         self.connections = set()
