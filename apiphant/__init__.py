@@ -1,5 +1,28 @@
-"""apiphant: a small JSON CRUD web API framework on gevent's WSGI server."""
+"""apiphant: a small JSON web API framework on gevent, with its own HTTP/1.1 server on llhttp.
+
+The public names are importable from here: `from apiphant import ApiError, field, Missing`. The
+framework's are loaded when first asked for, so importing the server (apiphant.server, which
+imports this package first) loads nothing of the framework.
+"""
+
+import importlib
+
+from apiphant.errors import ApiError, NotJson
+from apiphant.requestid import request_id
 
 __version__ = '0.3.0'
 
-from apiphant.requestid import request_id  # noqa: E402,F401  (documented: `apiphant.request_id()`)
+_LAZY = {'field': 'apiphant.validation', 'Invalid': 'apiphant.validation', 'Missing': 'apiphant.validation',
+         'raw_environ': 'apiphant.routes', 'raw_response': 'apiphant.routes'}
+__all__ = ['ApiError', 'NotJson', 'request_id', *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

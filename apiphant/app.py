@@ -12,11 +12,10 @@ import sys
 import ujson
 
 from apiphant import routes
-from apiphant.errors import BODY_REFUSED, ApiError, NotJson, encode  # (also imported from here)
+from apiphant.errors import BODY_REFUSED, MAX_BODY, ApiError, NotJson, encode  # (also imported from here)
 
 log = logging.getLogger('apiphant')
 
-MAX_BODY = 1024 * 1024
 RAISE_EXCEPTIONS = 'apiphant.raise_exceptions'  # set by the in-process test client: no 500, the exception
 NOT_AN_OBJECT = 'Request content should be JSON Object'
 

@@ -29,10 +29,9 @@ How it reads and why:
 - A refused request is answered, then closed gracefully: stop sending, read and drop for up to
   LINGER s. Closing a socket with unread input sends a reset, which can destroy the answer before
   the client reads it.
-- Every request answered by the app has an ID (apiphant.requestid): the client's X-Request-ID when
-  well-formed, else a new one; it is in the environ, in the answer's X-Request-ID header, in the
-  access-log line, and on every log record written while the app runs.
-- The server's own paths (the health check, the metrics) are answered before the product's app.
+- Each request's answer is an Exchange (apiphant.exchange), made per request.
+- The connection reads what it shares with the others (settings, the app, counters) from one State
+  the server makes, so it can run beside a stub server as well as under apiphant.server.
 - Deadlines are one float per connection, checked by the server's reaper: `request_timeout` from a
   request's first byte to its last body byte (slowloris) or from accept to a first byte,
   `idle_timeout` between requests.
@@ -45,7 +44,8 @@ import re
 import socket
 import sys
 import time
-from email.utils import formatdate
+from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import unquote_to_bytes
 
 import gevent
@@ -53,7 +53,8 @@ import httptools
 from gevent import monkey
 
 from apiphant import requestid
-from apiphant.errors import BODY_REFUSED, ApiError, encode
+from apiphant.errors import BODY_REFUSED, MAX_BODY
+from apiphant.exchange import Exchange, FileWrapper
 
 log = logging.getLogger('apiphant')
 
@@ -63,11 +64,10 @@ MAX_HEADERS = 100
 MAX_HEAD = 65536  # request line and headers, counted per read (see Connection._feed)
 LINGER = 2.0
 FAIRNESS_BUDGET = 16
-FILE_BLOCK = 65536
 NEVER = float('inf')
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
-_NO_BODY_STATUSES = ('1', '204', '304')
+_PROTOCOLS = {'1.1': 'HTTP/1.1', '1.0': 'HTTP/1.0'}  # the versions served, as SERVER_PROTOCOL
 _poll, _POLLIN = monkey.get_original('select', ['poll', 'POLLIN'])  # a check that never waits
 # RFC 9110 §7.2: Host is uri-host [":" port], uri-host as RFC 3986 §3.2.2 has it: an IPv6 (or
 # IPvFuture) literal in brackets, or a reg-name (an IPv4 address is one); it may be empty.
@@ -75,57 +75,33 @@ _HOST = re.compile(r"(?:\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)|v[0-9A-Fa-f]+\.[A-Za-z0-9.
                    r"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
 
 
-def closing_response(status_code):
-    """A complete JSON error answer for a request refused before (or instead of) the app."""
-    error = ApiError(status_code)
-    body = encode(error.body)
-    return (b'HTTP/1.1 %s\r\nContent-Type: application/json\r\nConnection: close\r\n'
-            b'Content-Length: %d\r\n\r\n%s' % (error.status.encode(), len(body), body))
+@dataclass(eq=False)
+class State:
+    """What every connection of a server reads and counts: the server makes one (a test, a stub)."""
 
-
-_REFUSALS = {status: closing_response(status) for status in (400, 414, 500)}
-
-
-class Clock:
-    """Date header and log timestamp, formatted once a second instead of once a request."""
-
-    second = 0
-    http_date = ''
-    log_time = ''
-
-    @classmethod
-    def tick(cls):
-        now = int(time.time())
-        if now != cls.second:
-            cls.second = now
-            cls.http_date = formatdate(now, usegmt=True)
-            cls.log_time = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))
-        return cls
-
-
-class FileWrapper:
-    """`wsgi.file_wrapper`: an action may answer with a file, sent in FILE_BLOCK pieces."""
-
-    def __init__(self, file, block_size=FILE_BLOCK):
-        self.file = file
-        self.block_size = block_size
-        if hasattr(file, 'close'):
-            self.close = file.close
-
-    def __iter__(self):
-        read, size = self.file.read, self.block_size
-        while True:
-            block = read(size)
-            if not block:
-                return
-            yield block
+    app: Callable  # the WSGI app for every path not in `endpoints`
+    environ: dict  # what every request's environ starts from (base_environ)
+    endpoints: dict = field(default_factory=dict)  # path -> the server's own WSGI app (health, metrics)
+    max_body: int = MAX_BODY
+    request_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    access_log: object = None  # a stream for the access lines, or None
+    access_line: Callable | None = None  # apiphant.logs.ACCESS_LINES' form of a line
+    metrics: object = None  # apiphant.metrics.Metrics, with --metrics
+    request_ids: Callable = field(default_factory=requestid.Generator)
+    forget: Callable = lambda connection: None  # told when a connection ends
+    draining: bool = False
+    in_flight: int = 0
+    served: int = 0  # answers since the last fairness yield (see Connection._answer)
 
 
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the status is on the connection."""
 
 
-class _Request:
+class Request:
+    """One request as parsed: its head, its body read whole, its environ."""
+
     __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done',
                  'in_trailer', 'id')
 
@@ -146,12 +122,14 @@ class _Request:
 class Connection:
     """The parser's callbacks (on_*) fill `ready`; `run` answers what each read completed."""
 
-    def __init__(self, sock, address, server):
+    def __init__(self, sock, address, state):
         self.sock = sock
         self.address = address
-        self.server = server
+        self.state = state
         self.parser = httptools.HttpRequestParser(self)
-        self.deadline = time.monotonic() + server.options.request_timeout  # a first byte, soon
+        # What every request's environ on this connection starts from: the client's address once.
+        self.environ = {**state.environ, 'REMOTE_ADDR': address[0], 'REMOTE_PORT': str(address[1])}
+        self.deadline = time.monotonic() + state.request_timeout  # a first byte, soon
         self.idle_since = None  # when it began waiting for a next request, on a kept-alive connection
         self.requests_served = 0
         self.request = None  # the request being parsed
@@ -166,10 +144,6 @@ class Connection:
         self.resume_head = None  # for a request with an Upgrade: its framing, as a head (see _parse)
         self.resuming = False  # a fresh parser reads that head: it belongs to the request being read
         self.aborted = False
-        self.status = None
-        self.response_headers = None
-        self.head_sent = False
-        self.written = []  # what the app gave PEP 3333's `write` before returning its body
 
     # -- llhttp's callbacks ------------------------------------------------------------------------
 
@@ -177,11 +151,11 @@ class Connection:
         if self.resuming:
             return
         now = time.monotonic()
-        self.request = _Request(now)
+        self.request = Request(now)
         self.began = True
         self.head_bytes = 0
         self.idle_since = None
-        self.deadline = now + self.server.options.request_timeout
+        self.deadline = now + self.state.request_timeout
 
     def on_url(self, url):
         if self.resuming:
@@ -204,9 +178,9 @@ class Connection:
         parser, request = self.parser, self.request
         request.head_done = True
         version = parser.get_http_version()
-        if version not in ('1.1', '1.0'):
+        if version not in _PROTOCOLS:
             self._refuse(400, f'HTTP version {version}')
-        environ = self.server.environ.copy()
+        environ = self.environ.copy()
         length = None
         codings = []
         expect = b''
@@ -245,11 +219,9 @@ class Connection:
         environ['REQUEST_METHOD'] = method
         environ['PATH_INFO'] = (unquote_to_bytes(path) if b'%' in path else path).decode('latin-1')
         environ['QUERY_STRING'] = query.decode('latin-1')
-        environ['SERVER_PROTOCOL'] = 'HTTP/' + version
-        environ['REMOTE_ADDR'] = self.address[0]
-        environ['REMOTE_PORT'] = str(self.address[1])
+        environ['SERVER_PROTOCOL'] = _PROTOCOLS[version]
         request.environ = environ
-        if length is not None and length > self.server.options.max_body:
+        if length is not None and length > self.state.max_body:
             self._refuse_body(f'Content-Length {length}')
         self.continue_wanted = expect == b'100-continue' and version == '1.1' and bool(length or codings)
         if parser.should_upgrade():
@@ -272,7 +244,7 @@ class Connection:
         request.body.append(chunk)
         request.size += len(chunk)
         self.continue_wanted = False
-        if request.size > self.server.options.max_body:
+        if request.size > self.state.max_body:
             self._refuse_body('chunked body over the limit')
 
     def on_message_complete(self):
@@ -323,7 +295,7 @@ class Connection:
                 if (self.ready or self.refusal or self.continue_wanted) and not self._answer():
                     return
         finally:
-            self.server.forget(self)
+            self.state.forget(self)
             self.sock.close()
 
     def _feed(self, data):
@@ -370,13 +342,13 @@ class Connection:
 
     def _answer(self):
         """Answer every request this read completed, then any refusal; False when closing."""
-        server = self.server
+        state = self.state
         ready, self.ready = self.ready, []
         self.deadline = NEVER  # an action takes its own time
         keep_alive = True
         last = len(ready) - 1
         for index, request in enumerate(ready):
-            keep_alive = self._respond(request, index == last)
+            keep_alive = Exchange(request, self).run(index == last)
             self.requests_served += 1
             if not keep_alive:
                 # Pipelined input after this answer stays unread: close gracefully, or the reset
@@ -385,13 +357,12 @@ class Connection:
                 break
         if keep_alive:
             if self.refusal:
-                self.output.append(_REFUSALS[self.refusal])
-                self._log(self.request or _Request(time.monotonic()), 0, self.refusal)
+                Exchange(self.request or Request(time.monotonic()), self).refuse(self.refusal)
                 keep_alive = False
             elif self.continue_wanted:
                 self.output.append(_CONTINUE)
                 self.continue_wanted = False
-        if self.output and not self._send():
+        if self.output and not self.send():
             return False
         if self.refusal or self.linger:
             self._drop_input()
@@ -400,157 +371,19 @@ class Connection:
             return False
         now = time.monotonic()
         if self.request is not None:
-            self.deadline = self.request.started + server.options.request_timeout
+            self.deadline = self.request.started + state.request_timeout
         else:
             self.idle_since = now
-            self.deadline = now + server.options.idle_timeout
-        server.served += len(ready)
-        if server.served >= FAIRNESS_BUDGET:
+            self.deadline = now + state.idle_timeout
+        state.served += len(ready)
+        if state.served >= FAIRNESS_BUDGET:
             # A client whose next request is always waiting would otherwise keep the event loop.
-            server.served = 0
+            state.served = 0
             gevent.sleep(0)
         return True
 
-    def write(self, data):
-        """PEP 3333's `write` callable, for the apps that still use it: data before the body."""
-        self.written.append(data)
-
-    def _respond(self, request, last):
-        """Answer one request under its ID (see the module docstring); False: close."""
-        server = self.server
-        environ = request.environ
-        request_id = environ.get(requestid.HEADER)
-        if request_id is None or not requestid.is_well_formed(request_id):
-            request_id = environ[requestid.HEADER] = server.request_ids()
-        request.id = request_id
-        token = requestid.current.set(request_id)
-        server.in_flight += 1
-        try:
-            return self._call(server.endpoints.get(environ['PATH_INFO'], server.app), request, last)
-        finally:
-            server.in_flight -= 1
-            requestid.current.reset(token)
-
-    def _call(self, app, request, last):
-        """Call the app for one request; its answer joins `output` (or is streamed). False: close.
-
-        A drain that began while the action ran closes after the last answer to this read."""
-        environ = request.environ
-        self.status = None
-        self.head_sent = False
-        self.written = []
-        try:
-            result = app(environ, self.start_response)
-        except Exception:
-            log.exception('the application failed on %s', environ['PATH_INFO'])
-            return self._fail(request)
-        closing = not request.keep_alive or (last and self.server.draining)
-        try:
-            if type(result) is list or type(result) is tuple:
-                if self.status is None:
-                    raise RuntimeError('the application returned without calling start_response')
-                return self._buffered(request, b''.join(self.written) + b''.join(result), closing)
-            return self._streamed(request, result, closing)
-        except Exception:
-            log.exception('the application failed on %s', environ['PATH_INFO'])
-            if self.head_sent:  # part of the answer is out: only a close can tell the client
-                self.output = []
-                return False
-            return self._fail(request)
-        finally:
-            close = getattr(result, 'close', None)
-            if close is not None:
-                close()
-
-    def start_response(self, status, headers, exc_info=None):
-        if exc_info is not None and self.head_sent:
-            raise exc_info[1].with_traceback(exc_info[2])
-        self.status = status
-        self.response_headers = headers
-        return self.write
-
-    def _head(self, request, length, closing):
-        """The status line and headers; `length` None: the caller frames the body itself.
-        Returns the head, whether the connection closes after it, whether the status allows a body
-        and whether the app gave its length."""
-        status = self.status
-        lines = []
-        has_length = has_date = False
-        for name, value in self.response_headers:
-            lower = name.lower()
-            if lower == 'content-length':
-                has_length = True
-            elif lower == 'date':
-                has_date = True
-            elif lower == 'connection' and 'close' in value.lower():
-                closing = True
-                continue
-            lines.append(f'{name}: {value}\r\n')
-        text = ''.join(lines)
-        if text.count('\n') != len(lines) or text.count('\r') != len(lines):
-            raise ValueError(f'a response header holds a line break: {self.response_headers!r}')
-        body_allowed = not status.startswith(_NO_BODY_STATUSES)
-        if not has_date:
-            text += f'Date: {Clock.tick().http_date}\r\n'
-        text += f'X-Request-ID: {request.id}\r\n'
-        if body_allowed and not has_length and length is not None:
-            text += f'Content-Length: {length}\r\n'
-        if closing:
-            text += 'Connection: close\r\n'
-        elif request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
-            text += 'Connection: keep-alive\r\n'
-        return f'HTTP/1.1 {status}\r\n{text}\r\n'.encode('latin-1'), closing, body_allowed, has_length
-
-    def _buffered(self, request, body, closing):
-        head, closing, body_allowed, _ = self._head(request, len(body), closing)
-        self.output.append(head + body if body_allowed and request.method != 'HEAD' else head)
-        self._log(request, len(body))
-        return not closing
-
-    def _streamed(self, request, result, closing):
-        """An iterable of unknown length: sent as it comes, chunked (HTTP/1.1) or up to a close."""
-        chunks = iter(result)
-        first = b''.join(self.written) + next(chunks, b'')
-        if self.status is None:
-            raise RuntimeError('the application returned without calling start_response')
-        length = 0 if self.status.startswith(_NO_BODY_STATUSES) else None
-        framed = length == 0 or any(name.lower() == 'content-length' for name, _ in self.response_headers)
-        if not framed and request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
-            closing = True  # no chunks in HTTP/1.0: the close ends the body
-        head, closing, _, _ = self._head(request, length, closing)
-        chunked = not framed and not closing
-        if chunked:
-            head = head[:-2] + b'Transfer-Encoding: chunked\r\n\r\n'
-        if request.method == 'HEAD' or length == 0:
-            self.output.append(head)
-            self._log(request, 0)
-            return not closing
-        sent = 0
-        piece = first
-        self.output.append(head)
-        self.head_sent = True
-        while True:
-            if piece:
-                sent += len(piece)
-                self.output.append(b'%x\r\n%s\r\n' % (len(piece), piece) if chunked else piece)
-                if not self._send():
-                    return False
-            piece = next(chunks, None)
-            if piece is None:
-                break
-        if chunked:
-            self.output.append(b'0\r\n\r\n')
-        self._log(request, sent)
-        return not closing
-
-    def _fail(self, request):
-        """The app raised (or answered nonsense) before its answer went out: a 500, then close."""
-        self.output.append(_REFUSALS[500])
-        self.status = '500 Internal Server Error'
-        self._log(request, 0)
-        return False
-
-    def _send(self):
+    def send(self):
+        """Send `output` (the answers so far, and a streamed body's pieces); False: the client is gone."""
         data = b''.join(self.output)
         self.output = []
         try:
@@ -572,26 +405,6 @@ class Connection:
                 pass
         except OSError:
             pass
-
-    def _log(self, request, length, code=None):
-        """The access log line (time, client, method, path, status, body bytes, duration, request
-        ID) and the request's metrics."""
-        server = self.server
-        stream = server.access_log
-        metrics = server.metrics
-        if stream is None and metrics is None:
-            return
-        status = str(code) if code else self.status.split(' ', 1)[0]
-        duration = time.monotonic() - request.started
-        if metrics is not None:
-            metrics.observe(request.environ['PATH_INFO'] if request.environ else '', status, duration)
-        if stream is None:
-            return
-        path = request.url.decode('latin-1') or '-'
-        if not path.isprintable():
-            path = ascii(path)
-        stream.write(server.access_line(Clock.tick().log_time, self.address[0], request.method or '-', path,
-                                        status, length, duration * 1000, request.id))
 
     # -- for the server ----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Where the server and the framework meet: the error an action raises, and the one JSON form of
-every value either of them sends.
+"""Where the server and the framework meet: the error an action raises, the one JSON form of
+every value either of them sends, the statuses that carry no body, the default body limit.
 
 The server imports this module, never the framework's: an `ApiError` already knows its answer
 (status line and JSON body), so the server can send one for a request the app never sees.
@@ -25,8 +25,11 @@ from collections.abc import Mapping
 from http import HTTPStatus
 
 BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
+MAX_BODY = 1024 * 1024  # the default limit of a request body, the server's and the App's
 
-_NO_BODY_STATUSES = {204, 205, 304}
+# RFC 9110: a 1xx, 204 (§15.3.5) or 304 (§15.4.5) answer ends with its head; a 205 has no content
+# (§15.3.6). Neither an ApiError nor the server's framing gives any of them a body.
+NO_BODY_STATUSES = frozenset({204, 205, 304})
 _MAX_DEPTH = 1000  # Python's recursion limit: a deeper value (or one that contains itself) is refused
 _KEY_TYPES = (str, int, float)  # (and None): what JSON objects' keys can be written from
 _PATH_SHOWN = 200  # characters of a path named in an error
@@ -39,7 +42,7 @@ class ApiError(Exception):
 
     def __init__(self, status_code, error=None, **details):
         if not isinstance(status_code, int) or isinstance(status_code, bool) \
-                or not 200 <= status_code <= 599 or status_code in _NO_BODY_STATUSES:
+                or not 200 <= status_code <= 599 or not has_body(status_code):
             raise ValueError(f'ApiError needs an HTTP status code from 200 to 599 that allows a body, '
                              f'not {status_code!r}')
         try:
@@ -51,6 +54,11 @@ class ApiError(Exception):
         self.error = error or self.status
         self.body = {'error': self.error, **details}
         super().__init__(self.error)
+
+
+def has_body(status_code):
+    """Whether an answer with this status may carry content (see NO_BODY_STATUSES)."""
+    return status_code >= 200 and status_code not in NO_BODY_STATUSES
 
 
 class NotJson(TypeError):

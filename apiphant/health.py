@@ -18,7 +18,6 @@ import time
 import gevent
 
 from apiphant.errors import encode
-from apiphant.routes import ProductError, import_product_module
 
 DEFAULT_PATH = '/up'
 CHECK_PERIOD = 1.0
@@ -45,6 +44,8 @@ class CheckTimeout(Exception):
 
 def load_check(folder):
     """The product's check from api/health.py, or None when it has no such file."""
+    # (imported here: the server imports this module for Health, and nothing of the framework)
+    from apiphant.routes import ProductError, import_product_module
     if not (folder / 'api' / 'health.py').is_file():
         return None
     module = import_product_module(folder, 'api.health')

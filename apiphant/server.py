@@ -25,11 +25,10 @@ from typing import Callable
 import gevent
 from gevent.event import Event
 
-from apiphant.app import MAX_BODY
 from apiphant import health, logs
-from apiphant.connection import Connection, base_environ
+from apiphant.connection import Connection, State, base_environ
+from apiphant.errors import MAX_BODY
 from apiphant.requestid import Generator
-from apiphant.routes import raw_environ, raw_response  # noqa: F401  (documented: `from apiphant.server import raw_environ`)
 
 log = logging.getLogger('apiphant')
 
@@ -58,28 +57,36 @@ class Options:
 class Server:
     def __init__(self, listener, app, options):
         self.listener = listener
-        self.app = app
         self.options = options
-        self.access_log = sys.stderr if options.access_log else None
-        self.access_line = logs.ACCESS_LINES[options.log_format]
-        self.request_ids = Generator()  # (made in each worker: see Generator)
-        self.environ = base_environ(listener, options.workers > 1)
         self.tcp = listener.family != socket.AF_UNIX
         self.connections = set()
         self.all_closed = Event()
-        self.draining = False
-        self.in_flight = 0
         self.forced = False
-        self.served = 0  # answers since the last fairness yield (apiphant.connection)
         self.fd_exhausted = 0
         self.fd_reported_at = -FD_REPORT_PERIOD
         self._acceptor = None
         self._reaper = None
-        # Paths the server answers itself, before the app: never a route of the product.
-        self.endpoints = {options.health_path: health.Health(self, options.health_check)}
+        self.state = State(
+            app, base_environ(listener, options.workers > 1),
+            # Paths the server answers itself, before the app: never a route of the product.
+            endpoints={options.health_path: health.Health(self, options.health_check)},
+            max_body=options.max_body, request_timeout=options.request_timeout,
+            idle_timeout=options.idle_timeout, access_log=sys.stderr if options.access_log else None,
+            access_line=logs.ACCESS_LINES[options.log_format],
+            request_ids=Generator(),  # (made in each worker: see Generator)
+            forget=self.forget)
         self.metrics = options.metrics(self) if options.metrics else None
         if self.metrics is not None:
-            self.endpoints[self.metrics.path] = self.metrics
+            self.state.metrics = self.metrics
+            self.state.endpoints[self.metrics.path] = self.metrics
+
+    @property
+    def draining(self):
+        return self.state.draining
+
+    @property
+    def in_flight(self):
+        return self.state.in_flight
 
     def start(self):
         self._acceptor = gevent.spawn(self._accept_forever)
@@ -110,7 +117,7 @@ class Server:
         """Count the connection at once (a drain must see it before its greenlet has run), then serve."""
         if self.tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = Connection(sock, address, self)
+        connection = Connection(sock, address, self.state)
         self.connections.add(connection)
         gevent.spawn(connection.run)
 
@@ -162,7 +169,7 @@ class Server:
           then closes first); a new connection (no request served yet) may be a moment from its
           first request and is never closed early.
         """
-        self.draining = True
+        self.state.draining = True
         self._acceptor.kill()  # (its accept must not meet the closed listener)
         self._accept_queued()
         self.listener.close()
@@ -187,6 +194,15 @@ class Server:
     def force_stop(self):
         self.forced = True
         self.all_closed.set()
+
+
+def __getattr__(name):
+    """`from apiphant.server import raw_environ` (as 0.3 documented) still works, imported only
+    when asked for: the server itself imports nothing of the framework."""
+    if name in ('raw_environ', 'raw_response'):
+        from apiphant import routes
+        return getattr(routes, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def listen(host, port):

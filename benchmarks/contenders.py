@@ -92,7 +92,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start(contender):
+def start(contender, timeout=START_TIMEOUT):
     """Start on a free loopback port and return once it accepts connections."""
     contender.port = free_port()
     command = [part.format(port=contender.port) for part in contender.command]
@@ -100,7 +100,7 @@ def start(contender):
         command = pinned(command, SERVER_CPU)
     contender.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=prepare_child)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(('127.0.0.1', contender.port), timeout=1).close()

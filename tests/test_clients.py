@@ -22,7 +22,7 @@ ECHO = '/api/v0/echo/read'
 
 # Raw answers of unknown length: chunked, or up to the close for HTTP/1.0; and a file.
 STREAMS = {'api/v0/stream.py': '''
-    from apiphant.server import raw_environ, raw_response
+    from apiphant import raw_environ, raw_response
 
 
     @raw_environ
@@ -132,7 +132,7 @@ def test_unknown_length_answers_are_chunked_and_files_are_sent(streams):
     assert reply.headers['Transfer-Encoding'] == 'chunked'
     assert reply.content == STREAM_LINES
     reply = requests.get(url(streams, '/api/v0/stream/update'), timeout=10)
-    assert reply.content.startswith(b'\nfrom apiphant.server import') and b'wsgi.file_wrapper' in reply.content
+    assert reply.content.startswith(b'\nfrom apiphant import') and b'wsgi.file_wrapper' in reply.content
 
 
 def test_http_1_0_gets_unknown_length_answers_up_to_the_close(streams):

@@ -1,6 +1,6 @@
 """The escape hatches, alone and together."""
 
-from apiphant.server import raw_environ, raw_response
+from apiphant import raw_environ, raw_response
 
 
 @raw_environ

@@ -2,7 +2,7 @@
 
 import time
 
-from apiphant.validation import ApiError, field
+from apiphant import ApiError, field
 
 
 def create(request):
