@@ -74,7 +74,8 @@ def test_the_sdist_builds_the_same_package(dist):
     with tarfile.open(dist / f'apiphant-{__version__}.tar.gz') as archive:
         names = {name.split('/', 1)[1] for name in archive.getnames() if '/' in name}
     assert {'pyproject.toml', 'LICENSE', 'README.md', 'apiphant/cli.py', 'deploy/apiphant_deploy/tasks.py',
-            'apiphant/skeleton/README.md.tmpl'} <= names
+            'apiphant/skeleton/README.md.tmpl', 'apiphant/skeleton_postgresql/PRODUCT/migrations/0001.items.sql.tmpl',
+            'apiphant/skeleton_postgresql/tests/test_items.py.tmpl'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/')) for name in names)
 
 
