@@ -1,7 +1,7 @@
 """Command line: `apiphant PRODUCT [HOST:PORT]` serves, `apiphant-background PRODUCT` runs tasks.
 
-`apiphant new NAME`, `apiphant routes PRODUCT` and `apiphant openapi PRODUCT` are the commands
-around serving; a first argument naming one of them is that command, anything else a product.
+`apiphant new NAME`, `apiphant routes PRODUCT`, `apiphant openapi PRODUCT` and `apiphant migrate
+PRODUCT` are the commands around serving; a first argument naming one of them is that command, anything else a product.
 
 gevent must patch the standard library before anything else is imported (the product's blocking
 libraries then become cooperative), so this module does it first: import it only as a program.
@@ -82,7 +82,8 @@ def serve_parser():
                'line wins; a switch takes 1 or 0, true or false; a repeatable option a list, as in '
                'APIPHANT_CORS="https://a.example https://b.example"). Other '
                'commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
-               'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document.')
+               'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document, '
+               '`apiphant migrate PRODUCT` applies its pending database migrations.')
     add_product_argument(parser)
     parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
                         help=f'HOST:PORT or [IPv6]:PORT to listen on (default {DEFAULT_ADDRESS})')
