@@ -63,6 +63,7 @@ def test_the_wheel_holds_the_framework_the_tasks_and_the_skeleton_at_this_versio
         names = set(archive.namelist())
         metadata = email.message_from_bytes(archive.read(f'apiphant-{__version__}.dist-info/METADATA'))
     assert {'apiphant/app.py', 'apiphant_deploy/tasks.py', 'apiphant/skeleton/deploy/inventory.ini.tmpl',
+            'apiphant/skeleton_postgresql/PRODUCT/migrations/0001.items.sql.tmpl',
             f'apiphant-{__version__}.dist-info/licenses/LICENSE'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/', 'example/')) for name in names)
     assert metadata['Version'] == __version__ and metadata['License-Expression'] == 'MIT'
