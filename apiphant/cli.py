@@ -303,7 +303,8 @@ def migrate_main(argv):
             "Apply the product's pending migrations (PRODUCT/migrations/*.sql, yoyo-migrations' format) "
             'to the database DATABASE_URL names, each in a transaction of its own; one run at a time '
             'per database, a second waits for the first. Exit code 0 when none is left pending, '
-            f'{migrate.FAILED} when a migration or the database failed, {migrate.UNUSABLE} when nothing could be tried.'),
+            f'{migrate.FAILED} when a migration or the database failed, {migrate.UNUSABLE} when nothing '
+            'could be tried.'),
         epilog='Each option can come from the environment variable in brackets instead (the command line wins).')
     add_product_argument(parser)
     parser.add_argument('--list', action='store_true', help='list the applied and pending migrations, apply none')

@@ -1,9 +1,10 @@
 """`apiphant new NAME`: a new product folder with the name filled in everywhere it appears.
 
 The files come from skeleton/ next to this module, and with `--db postgresql` from
-skeleton_postgresql/ too, whose files are added or replace the first's of the same path: a `PRODUCT` folder is renamed to the name, a
-`.tmpl` suffix dropped, `gitignore` dotted, and `${product}` and `${apiphant_version}` replaced
-(string.Template, so a placeholder misspelt in the skeleton fails loudly rather than ship).
+skeleton_postgresql/ too, whose files are added or replace the first's of the same path: a
+`PRODUCT` folder is renamed to the name, a `.tmpl` suffix dropped, `gitignore` dotted, and
+`${product}` and `${apiphant_version}` replaced (string.Template, so a placeholder misspelt in the
+skeleton fails loudly rather than ship).
 """
 
 import importlib.util
