@@ -1,7 +1,7 @@
 """Command line: `apiphant PRODUCT [HOST:PORT]` serves, `apiphant-background PRODUCT` runs tasks.
 
-`apiphant new NAME`, `apiphant routes PRODUCT` and `apiphant openapi PRODUCT` are the commands
-around serving; a first argument naming one of them is that command, anything else a product.
+`apiphant new NAME`, `apiphant routes PRODUCT`, `apiphant openapi PRODUCT` and `apiphant migrate
+PRODUCT` are the commands around serving; a first argument naming one of them is that command, anything else a product.
 
 gevent must patch the standard library before anything else is imported (the product's blocking
 libraries then become cooperative), so this module does it first: import it only as a program.
@@ -82,7 +82,8 @@ def serve_parser():
                'line wins; a switch takes 1 or 0, true or false; a repeatable option a list, as in '
                'APIPHANT_CORS="https://a.example https://b.example"). Other '
                'commands: `apiphant new NAME` creates a product, `apiphant routes PRODUCT` '
-               'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document.')
+               'lists its routes, `apiphant openapi PRODUCT` prints its OpenAPI document, '
+               '`apiphant migrate PRODUCT` applies its pending database migrations.')
     add_product_argument(parser)
     parser.add_argument('address', nargs='?', type=address, default=address(DEFAULT_ADDRESS),
                         help=f'HOST:PORT or [IPv6]:PORT to listen on (default {DEFAULT_ADDRESS})')
@@ -244,12 +245,18 @@ def new_main(argv):
         'Create the folder NAME: the product package NAME/NAME with a first target, its tests, '
         'requirements.txt and a deploy inventory, the name filled in everywhere.'))
     parser.add_argument('name', help='the product name: a lower-case Python package name')
+    parser.add_argument('--db', choices=sorted(scaffold.DATABASES),
+                        help='keep data in this database: an items target, its migration, tests against it')
     args = parser.parse_args(argv)
     try:
-        root = scaffold.create(args.name, COMMANDS)
+        root = scaffold.create(args.name, COMMANDS, database=args.db)
     except scaffold.ScaffoldError as error:
         parser.exit(2, f'apiphant new: {error}\n')
-    print(f'created {root}/: try `cd {root} && pytest`, then `apiphant {args.name} --reload`')
+    if args.db:
+        print(f'created {root}/: set DATABASE_URL as {root}/README.md says, then try `cd {root} && '
+              f'apiphant migrate {args.name} && pytest`, then `apiphant {args.name} --reload`')
+    else:
+        print(f'created {root}/: try `cd {root} && pytest`, then `apiphant {args.name} --reload`')
     return 0
 
 
@@ -285,7 +292,45 @@ def _load_for_command(name, description, argv):
         parser.exit(1, f'apiphant {name}: {error}\n')
 
 
-COMMANDS = {'new': new_main, 'routes': routes_main, 'openapi': openapi_main}
+def migrate_main(argv):
+    try:
+        from apiphant import migrate  # (the postgresql extra: only this command needs it)
+    except ImportError as error:
+        print(f'apiphant migrate: {error}', file=sys.stderr)
+        return 2
+    parser = arguments.Parser(
+        prog='apiphant migrate', description=(
+            "Apply the product's pending migrations (PRODUCT/migrations/*.sql, yoyo-migrations' format) "
+            'to the database DATABASE_URL names, each in a transaction of its own; one run at a time '
+            'per database, a second waits for the first. Exit code 0 when none is left pending, '
+            f'{migrate.FAILED} when a migration or the database failed, {migrate.UNUSABLE} when nothing '
+            'could be tried.'),
+        epilog='Each option can come from the environment variable in brackets instead (the command line wins).')
+    add_product_argument(parser)
+    parser.add_argument('--list', action='store_true', help='list the applied and pending migrations, apply none')
+    parser.add_argument('--lock-timeout', type=seconds, default=migrate.LOCK_TIMEOUT,
+                        help='wait this long for another run on the same database (default %(default)g s)')
+    args = parser.parse_args(argv)
+    folder = _locate(parser, args.product)
+    try:
+        result = migrate.run(
+            os.environ.get('DATABASE_URL'), folder, apply=not args.list, lock_timeout=args.lock_timeout,
+            on_wait=lambda: print(f'waiting for another apiphant migrate of this database '
+                                  f'(at most {args.lock_timeout:g} s)', flush=True),
+            on_applied=lambda name: print(f'applied {name}', flush=True))
+    except migrate.MigrationError as error:
+        print(f'apiphant migrate: {error}', file=sys.stderr)
+        return error.code
+    if args.list:
+        for state, names in (('applied', result.already), ('pending', result.pending)):
+            for name in names:
+                print(f'{state}  {name}')
+    print(f'{folder.name}: {len(result.applied)} applied now, {len(result.already)} before, '
+          f'{len(result.pending)} pending')
+    return 0
+
+
+COMMANDS = {'new': new_main, 'routes': routes_main, 'openapi': openapi_main, 'migrate': migrate_main}
 
 
 def background_main(argv=None):

@@ -1,8 +1,10 @@
 """`apiphant new NAME`: a new product folder with the name filled in everywhere it appears.
 
-The files come from skeleton/ next to this module: a `PRODUCT` folder is renamed to the name, a
-`.tmpl` suffix dropped, `gitignore` dotted, and `${product}` and `${apiphant_version}` replaced
-(string.Template, so a placeholder misspelt in the skeleton fails loudly rather than ship).
+The files come from skeleton/ next to this module, and with `--db postgresql` from
+skeleton_postgresql/ too, whose files are added or replace the first's of the same path: a
+`PRODUCT` folder is renamed to the name, a `.tmpl` suffix dropped, `gitignore` dotted, and
+`${product}` and `${apiphant_version}` replaced (string.Template, so a placeholder misspelt in the
+skeleton fails loudly rather than ship).
 """
 
 import importlib.util
@@ -14,6 +16,7 @@ from string import Template
 from apiphant import __version__
 
 SKELETON = Path(__file__).parent / 'skeleton'
+DATABASES = {'postgresql': Path(__file__).parent / 'skeleton_postgresql'}  # --db: overlays of SKELETON
 
 
 class ScaffoldError(Exception):
@@ -35,16 +38,18 @@ def check_name(name, commands):
         raise ScaffoldError(f'{name!r} is an apiphant command: `apiphant {name}` could not serve it')
 
 
-def create(name, commands, parent='.'):
-    """Write the product folder `parent/name`; return its path. Refuses to touch an existing one."""
+def create(name, commands, parent='.', database=None):
+    """Write the product folder `parent/name`, with `database` (a key of DATABASES) when given;
+    return its path. Refuses to touch an existing one."""
     root = Path(parent) / name
     if root.exists():
         raise ScaffoldError(f'{root} already exists: choose another name or remove it first')
     check_name(name, commands)
     values = {'product': name, 'apiphant_version': __version__}
-    files = sorted(path for path in SKELETON.rglob('*.tmpl') if path.is_file())
-    rendered = {_destination(path.relative_to(SKELETON), name): Template(path.read_text()).substitute(values)
-                for path in files}
+    rendered = {}
+    for skeleton in (SKELETON, *([DATABASES[database]] if database else [])):
+        for path in sorted(path for path in skeleton.rglob('*.tmpl') if path.is_file()):
+            rendered[_destination(path.relative_to(skeleton), name)] = Template(path.read_text()).substitute(values)
     root.mkdir(parents=True)
     for relative, text in rendered.items():
         target = root / relative

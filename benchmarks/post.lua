@@ -1,4 +1,4 @@
--- wrk script: every request POSTs the echo body as JSON.
+-- wrk script: every request POSTs a JSON body: $BENCHMARK_BODY, else the echo's.
 wrk.method = "POST"
-wrk.body = '{"hello": "world"}'
+wrk.body = os.getenv("BENCHMARK_BODY") or '{"hello": "world"}'
 wrk.headers["Content-Type"] = "application/json"

@@ -43,14 +43,15 @@ IDLE_REQUEST = (b'POST /api/v0/echo/read HTTP/1.1\r\nHost: bench\r\nContent-Type
                 b'Content-Length: 18\r\n\r\n{"hello": "world"}')
 
 
-def throughput(servers, rounds, seconds, connection_counts, pin_load=True):
-    """Rounds interleaved A B C A B C, so the machine's drift hits every contender alike."""
+def throughput(servers, rounds, seconds, connection_counts, pin_load=True, path=wrk.PATH, body=None):
+    """Rounds interleaved A B C A B C, so the machine's drift hits every contender alike; each
+    request posts `body` (JSON text, else the echo's) to `path`."""
     for round_number in range(1, rounds + 1):
         for connections in connection_counts:
             for server in servers:
                 pid = server.process.pid
                 cpu_before = contenders.cpu_seconds(pid)
-                result = wrk.run(server.port, connections, seconds, pin_load)
+                result = wrk.run(server.port, connections, seconds, pin_load, path, body)
                 if result.requests:
                     result.cpu_us_per_request = (contenders.cpu_seconds(pid) - cpu_before) * 1e6 / result.requests
                 server.results.setdefault(connections, []).append(result)

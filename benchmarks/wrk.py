@@ -1,5 +1,6 @@
 """Driving wrk (pinned to its own CPU) with post.lua, and reading its summary."""
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -20,16 +21,18 @@ class Result:
     cpu_us_per_request: float = float('nan')  # filled in by the caller, which watches the server
 
 
-def command(port, connections, seconds, timeout, pin):
+def command(port, connections, seconds, timeout, pin, path=PATH):
     line = ['wrk', '-t1', f'-c{connections}', f'-d{seconds}s', f'--timeout={timeout}', '--latency',
-            '-s', str(HERE / 'post.lua'), f'http://127.0.0.1:{port}{PATH}']
+            '-s', str(HERE / 'post.lua'), f'http://127.0.0.1:{port}{path}']
     return pinned(line, LOAD_CPU) if pin else line
 
 
-def start(port, connections, seconds, timeout='2s', pin=True):
-    """wrk in the background (the caller polls the server meanwhile); read it with `finish`."""
-    return subprocess.Popen(command(port, connections, seconds, timeout, pin), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare_child)
+def start(port, connections, seconds, timeout='2s', pin=True, path=PATH, body=None):
+    """wrk in the background (the caller polls the server meanwhile); read it with `finish`.
+    `path` and `body` (JSON text): what each request posts, else the echo."""
+    environment = {**os.environ, 'BENCHMARK_BODY': body} if body is not None else None
+    return subprocess.Popen(command(port, connections, seconds, timeout, pin, path), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=prepare_child, env=environment)
 
 
 def finish(load, seconds):
@@ -43,8 +46,8 @@ def finish(load, seconds):
     return parse(output)
 
 
-def run(port, connections, seconds, pin=True):
-    return finish(start(port, connections, seconds, pin=pin), seconds)
+def run(port, connections, seconds, pin=True, path=PATH, body=None):
+    return finish(start(port, connections, seconds, pin=pin, path=path, body=body), seconds)
 
 
 def parse(output):

@@ -57,3 +57,20 @@ def test_metrics_mode_compares_apiphant_with_metrics_and_without():
                           for connections in ('64', '256')}
     assert all(rate > 0 for rate in rates.values()), rates
     assert any(row[0] == '| apiphant, metrics / apiphant' for row in rows)
+
+
+def test_database_benchmark_runs_every_test_for_every_contender():
+    """benchmarks/database.py --quick: TechEmpower's database tests and the echo, each contender
+    answering every request with a 2xx (req/s above 0; wrk's timeouts, which a loaded machine
+    may cause, are not checked)."""
+    result = subprocess.run([sys.executable, str(BENCHMARK.parent / 'database.py'), '--quick'], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r'load average \d+\.\d\d at the start, \d+\.\d\d at the end', result.stdout), result.stdout[:2000]
+    sections = re.split(r'^### ', result.stdout, flags=re.M)[1:]
+    assert [section.split('\n')[0] for section in sections] == ['JSON echo', 'single query', '20 queries', '20 updates']
+    for section in sections:
+        rows = {row.split(' | ')[0]: row.split(' | ') for row in section.splitlines() if row.startswith('| ')}
+        for contender in ('apiphant, psycopg 3', 'falcon, gunicorn gevent, psycopg 3', 'fastapi, uvicorn, asyncpg'):
+            row = rows[f'| {contender}']
+            assert float(row[2].replace(',', '')) > 0 and row[7] == '0', (section.split('\n')[0], row)

@@ -47,11 +47,15 @@ def test_version_and_help():
         assert option in help_text
 
 
-@pytest.mark.parametrize('command', [[sys.executable, '-m', 'apiphant'], [str(BIN / 'apiphant-background')]])
-def test_help_lists_an_environment_variable_for_every_option(command):
+@pytest.mark.parametrize('command, some', [
+    ([sys.executable, '-m', 'apiphant'], {'--log-format', '--log-level'}),
+    ([str(BIN / 'apiphant-background')], {'--log-format', '--log-level'}),
+    ([sys.executable, '-m', 'apiphant', 'migrate'], {'--list', '--lock-timeout'}),
+])
+def test_help_lists_an_environment_variable_for_every_option(command, some):
     help_text = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=30).stdout
     options = set(re.findall(r'^  (--[a-z-]+)', help_text, re.M)) - {'--help', '--version'}
-    assert {'--log-format', '--log-level'} <= options
+    assert some <= options
     variables = set(re.findall(r'\[(APIPHANT_[A-Z_]+)\]', help_text))
     assert variables == {'APIPHANT_' + option[2:].upper().replace('-', '_') for option in options}
 

@@ -62,7 +62,9 @@ def test_the_wheel_holds_the_framework_the_tasks_and_the_skeleton_at_this_versio
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = email.message_from_bytes(archive.read(f'apiphant-{__version__}.dist-info/METADATA'))
-    assert {'apiphant/app.py', 'apiphant/py.typed', 'apiphant_deploy/tasks.py', 'apiphant/skeleton/deploy/inventory.ini.tmpl',
+    assert {'apiphant/app.py', 'apiphant/py.typed', 'apiphant_deploy/tasks.py',
+            'apiphant/skeleton/deploy/inventory.ini.tmpl',
+            'apiphant/skeleton_postgresql/PRODUCT/migrations/0001.items.sql.tmpl',
             f'apiphant-{__version__}.dist-info/licenses/LICENSE'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/', 'example/')) for name in names)
     assert metadata['Version'] == __version__ and metadata['License-Expression'] == 'MIT'
@@ -74,7 +76,8 @@ def test_the_sdist_builds_the_same_package(dist):
     with tarfile.open(dist / f'apiphant-{__version__}.tar.gz') as archive:
         names = {name.split('/', 1)[1] for name in archive.getnames() if '/' in name}
     assert {'pyproject.toml', 'LICENSE', 'README.md', 'apiphant/cli.py', 'deploy/apiphant_deploy/tasks.py',
-            'apiphant/skeleton/README.md.tmpl'} <= names
+            'apiphant/skeleton/README.md.tmpl', 'apiphant/skeleton_postgresql/PRODUCT/migrations/0001.items.sql.tmpl',
+            'apiphant/skeleton_postgresql/tests/test_items.py.tmpl'} <= names
     assert not any(name.startswith(('tests/', 'benchmarks/')) for name in names)
 
 

@@ -1,6 +1,7 @@
 """`apiphant new`: a product whose own tests pass at once, its name filled in everywhere."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from psycopg.conninfo import make_conninfo
 
 from apiphant import __version__
 from apiphant.test import serve, test
-from support import ROOT
+from support import ROOT, run_cli
 
 BIN = Path(sys.executable).parent
 
@@ -127,3 +129,62 @@ def test_new_rejects_a_name_with_a_one_line_reason(tmp_path, name, reason):
     assert result.stderr.startswith(f'apiphant new: {reason}')
     assert result.stderr.count('\n') == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope='module')
+def stocked(tmp_path_factory):
+    """`apiphant new stock --db postgresql`: the same product, keeping items in PostgreSQL."""
+    parent = tmp_path_factory.mktemp('new-db')
+    result = subprocess.run([sys.executable, '-m', 'apiphant', 'new', 'stock', '--db', 'postgresql'], cwd=parent,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ('created stock/: set DATABASE_URL as stock/README.md says, then try `cd stock && '
+                             'apiphant migrate stock && pytest`, then `apiphant stock --reload`\n')
+    return parent / 'stock'
+
+
+def test_new_with_a_database_adds_items_a_migration_a_lifespan_and_their_tests(stocked):
+    files = sorted(str(path.relative_to(stocked)) for path in stocked.rglob('*') if path.is_file())
+    assert files == ['.gitignore', 'README.md', 'deploy/ansible.cfg', 'deploy/fabfile.py', 'deploy/inventory.ini',
+                     'deploy/requirements.yml', 'pytest.ini', 'requirements.txt', 'stock/__init__.py',
+                     'stock/api/__init__.py', 'stock/api/lifespan.py', 'stock/api/v0/__init__.py',
+                     'stock/api/v0/echo.py', 'stock/api/v0/items.py', 'stock/migrations/0001.items.sql',
+                     'tests/conftest.py', 'tests/test_echo.py', 'tests/test_items.py']
+    assert all('${' not in path.read_text() for path in stocked.rglob('*') if path.is_file())
+    readme = ' '.join((stocked / 'README.md').read_text().split())
+    for step in ("pip install 'apiphant[postgresql,test]'", 'export DATABASE_URL=', 'apiphant migrate stock',
+                 'apiphant stock --reload', 'pytest'):
+        assert step in readme
+    assert 'yoyo-migrations>=9.0,<10' in (stocked / 'requirements.txt').read_text()
+
+
+def test_the_new_products_database_tests_pass_at_once(stocked, postgres):
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'], cwd=stocked,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, 'DATABASE_URL': postgres.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '19 passed' in result.stdout
+    assert [name for (name,) in postgres.query('SELECT datname FROM pg_database')
+            if name.startswith('test_stock_')] == []  # the tests' database is dropped
+
+
+def test_the_new_products_tests_say_they_need_a_database(stocked):
+    environment = {key: value for key, value in os.environ.items() if key != 'DATABASE_URL'}
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'], cwd=stocked,
+                            capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 2
+    assert 'the tests need a PostgreSQL: set DATABASE_URL' in result.stdout + result.stderr
+
+
+def test_the_new_product_migrates_and_serves_its_items(stocked, postgres):
+    name = 'stock_served'
+    postgres.query(f'CREATE DATABASE {name}')
+    url = make_conninfo(postgres.url, dbname=name)
+    try:
+        migrated = run_cli('migrate', str(stocked / 'stock'), env={'DATABASE_URL': url})
+        assert (migrated.returncode, migrated.stdout) == (0, 'applied 0001.items\nstock: 1 applied now, 0 before, '
+                                                              '0 pending\n'), migrated.stderr
+        with serve(stocked, env={**os.environ, 'DATABASE_URL': url}):
+            item = test('items', 'create', {'name': 'teapot', 'quantity': 2}, 200)
+            test('items', 'read', {}, 200, {'items': [item], 'next': None})
+    finally:
+        postgres.query(f'DROP DATABASE {name} WITH (FORCE)')
