@@ -23,6 +23,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 BODY_REFUSED = 'apiphant.body_refused'  # set by apiphant's server: the body was over its limit, and not read
 MAX_BODY = 1024 * 1024  # the default limit of a request body, the server's and the App's
@@ -38,9 +39,9 @@ _PATH_SHOWN = 200  # characters of a path named in an error
 class ApiError(Exception):
     """Answer the client with `status_code` and `{"error": error or "<code> <reason>"}`."""
 
-    headers = ()  # (name, value) pairs the answer carries besides its own, e.g. Retry-After
+    headers: tuple[tuple[str, str], ...] = ()  # pairs the answer carries besides its own, e.g. Retry-After
 
-    def __init__(self, status_code, error=None, **details):
+    def __init__(self, status_code: int, error: Any = None, **details: Any) -> None:
         if not isinstance(status_code, int) or isinstance(status_code, bool) \
                 or not 200 <= status_code <= 599 or not has_body(status_code):
             raise ValueError(f'ApiError needs an HTTP status code from 200 to 599 that allows a body, '

@@ -12,25 +12,26 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar
 
 log = logging.getLogger('apiphant')
 
 ACTIONS = ('create', 'read', 'update', 'delete')
+Action = TypeVar('Action', bound=Callable[..., Any])  # what the decorators mark, returned unchanged
 _VERSION = re.compile(r'v\d+\Z')
 _LOOKS_LIKE_VERSION = re.compile(r'(?:v|ver|version)?[-_.]?\d', re.IGNORECASE)  # V1, version1, v_2, 3
 
 
-def raw_environ(action):
+def raw_environ(action: Action) -> Action:
     """The action gets the WSGI environ instead of a parsed request, for any HTTP method."""
-    action.raw_environ = True
+    action.raw_environ = True  # type: ignore[attr-defined]
     return action
 
 
-def raw_response(action):
+def raw_response(action: Action) -> Action:
     """The action gets `start_response` too and returns the WSGI body iterable itself: a list, any
     iterable (sent chunked, as it comes) or `environ['wsgi.file_wrapper'](file)`."""
-    action.raw_response = True
+    action.raw_response = True  # type: ignore[attr-defined]
     return action
 
 
