@@ -53,7 +53,7 @@ class Parser(argparse.ArgumentParser):
             elif not hasattr(namespace, action.dest):
                 setattr(namespace, action.dest, value)
         namespace = super().parse_args(args, namespace)
-        for name, kind, action in self.variables:
+        for _, kind, action in self.variables:
             if kind == 'append' and getattr(namespace, action.dest) is None:
                 setattr(namespace, action.dest, appended.get(action.dest, []))
         return namespace

@@ -8,8 +8,9 @@ import logging
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event

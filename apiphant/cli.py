@@ -19,7 +19,22 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
-from apiphant import __version__, arguments, background, blocking, cors, health, lifespan, logs, openapi, reload, routes, scaffold, server, workers  # noqa: E402
+from apiphant import (  # noqa: E402
+    __version__,
+    arguments,
+    background,
+    blocking,
+    cors,
+    health,
+    lifespan,
+    logs,
+    openapi,
+    reload,
+    routes,
+    scaffold,
+    server,
+    workers,
+)
 from apiphant.app import App  # noqa: E402
 
 log = logging.getLogger('apiphant')

@@ -4,14 +4,15 @@ every value either of them sends, the statuses that carry no body, the default b
 The server imports this module, never the framework's: an `ApiError` already knows its answer
 (status line and JSON body), so the server can send one for a request the app never sees.
 
-JSON forms (README, "A product in one minute"): datetime, date and time as ISO 8601 (Python's
-`isoformat()`), a UUID as its string, a Decimal as a string of all its digits, a set or frozenset
-as a list, an Enum as its value, any other mapping and a dataclass instance as an object. A Decimal is a string because most clients read every JSON number
-as a double (JavaScript's JSON.parse, Python's json, Go's default decoding): written as a number,
-`12345678901234567890.123456789` would still reach them as 1.2345678901234567e+19, while a string
-keeps every digit for a client to read with its own decimal type, as Django REST framework and
-Pydantic do. NaN, infinities, bytes and any other object have no form: `encode` refuses them with
-`NotJson`, naming where the value is and what it is (`items[3].price: bytes`).
+JSON forms (docs/product/json.md): datetime, date and time as ISO 8601 (Python's
+`isoformat()`), a UUID as its string, a Decimal as a string of all its digits, a set or frozenset as
+a list, an Enum as its value, any other mapping and a dataclass instance as an object. A Decimal is
+a string because most clients read every JSON number as a double (JavaScript's JSON.parse, Python's
+json, Go's default decoding): written as a number, `12345678901234567890.123456789` would still
+reach them as 1.2345678901234567e+19, while a string keeps every digit for a client to read with its
+own decimal type, as Django REST framework and Pydantic do. NaN, infinities, bytes and any other
+object have no form: `encode` refuses them with `NotJson`, naming where the value is and what it is
+(`items[3].price: bytes`).
 """
 
 import dataclasses

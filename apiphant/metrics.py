@@ -38,7 +38,14 @@ from bisect import bisect_left
 from pathlib import Path
 
 import gevent
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Metric, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Metric,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 PATH = '/metrics'
@@ -186,7 +193,7 @@ class Metrics:
                                          labels=['route'])
         for route, per_bucket in sorted(buckets.items()):
             cumulative, running = [], 0
-            for le, count in zip(_LE, per_bucket):
+            for le, count in zip(_LE, per_bucket, strict=True):
                 running += count
                 cumulative.append((le, running))
             duration.add_metric([route], cumulative, sums[route])

@@ -19,8 +19,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import gevent
 from gevent.event import Event

@@ -107,7 +107,7 @@ def start(contender, timeout=START_TIMEOUT):
             return
         except OSError:
             if contender.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f'{contender.name} did not start: {" ".join(command)}')
+                raise SystemExit(f'{contender.name} did not start: {" ".join(command)}') from None
             time.sleep(0.05)
 
 

@@ -29,8 +29,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / 'tests' / 'deploy'))
 
-import conftest  # noqa: E402  the deploy tests' inventory and Ansible environment, one definition
 import report  # noqa: E402
+
+import conftest  # noqa: E402  the deploy tests' inventory and Ansible environment, one definition
 import testhost  # noqa: E402
 
 TARGETS = {'unchanged': 15, 'one line': 30}
@@ -98,11 +99,11 @@ def main():
         lab.stop()
 
     table = ['| run | seconds | target | changed tasks |', '|---|---|---|---|']
-    table += [f'| {name} | {seconds:.1f} | {"≤ %d" % TARGETS[name] if name in TARGETS else ""} | {changed} |'
+    table += [f'| {name} | {seconds:.1f} | {f"≤ {TARGETS[name]}" if name in TARGETS else ""} | {changed} |'
               for name, seconds, changed in rows]
     commit = subprocess.run(['git', '-C', str(ROOT), 'describe', '--always', '--dirty'], capture_output=True,
                             text=True).stdout.strip()
-    text = (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, '
+    text = (f'{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, '
             f'load average {load:.1f} as it started; commit {commit}\n\n'
             + '\n'.join(table) + '\n')
     print(text)

@@ -10,7 +10,6 @@ import os
 
 import falcon
 from psycopg_pool import ConnectionPool
-
 from world import query_count, read_rows, update_rows
 
 pool = ConnectionPool(os.environ['DATABASE_URL'], min_size=int(os.environ['DATABASE_POOL_SIZE']),

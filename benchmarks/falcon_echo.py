@@ -8,8 +8,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import falcon  # noqa: E402
-from gevent import pywsgi  # noqa: E402
-
 from bare import NoDelayServer  # noqa: E402
 
 

@@ -91,8 +91,8 @@ def system_calls(server, connections, seconds):
 
 def python_functions(server, connections, seconds):
     with tempfile.NamedTemporaryFile('r', suffix='.txt') as output:
-        spy = attached([PY_SPY, 'record', '--format', 'raw', '--rate', '500', '--duration', str(seconds + 1), '--function',
-                        '--output', output.name, '--pid', str(server.process.pid)])
+        spy = attached([PY_SPY, 'record', '--format', 'raw', '--rate', '500', '--duration', str(seconds + 1),
+                        '--function', '--output', output.name, '--pid', str(server.process.pid)])
         wrk.run(server.port, connections, seconds)
         spy.communicate(timeout=seconds + 60)
         samples = collections.Counter()

@@ -81,7 +81,7 @@ def machine():
     wrk_version = subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' Copyright')[0]
     commit = subprocess.run(['git', '-C', str(HERE), 'describe', '--always', '--dirty'], capture_output=True,
                             text=True).stdout.strip() or 'not a git checkout'
-    return (f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({cpu}); '
+    return (f'{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({cpu}); '
             f'Python {platform.python_version()}, {versions} (commit {commit}), {wrk_version.strip()}')
 
 

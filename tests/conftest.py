@@ -3,6 +3,7 @@
 import pytest
 
 from apiphant.test import serve
+
 from support import EXAMPLE, IN_PROCESS_OR_LIVE, KITCHEN, in_process_or_live
 
 

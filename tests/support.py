@@ -46,10 +46,11 @@ def http_request(method='POST', path='/', body=b'', headers=(), framing='content
                  version='HTTP/1.1', host='test'):
     """The bytes of one HTTP request, built from its parts.
 
-    `body`: bytes or str (sent as UTF-8). `headers`: (name, value) pairs, sent in order after `Host: host` (None: no Host); a str alone
-    is sent as a whole line, for the malformed ones. `framing`: 'content-length' adds the body's
-    Content-Length; 'chunked' adds `Transfer-Encoding: chunked` and sends `body` (bytes, or a list
-    of chunks) chunk by chunk; None sends `body` as it is, framed only by the headers given.
+    `body`: bytes or str (sent as UTF-8). `headers`: (name, value) pairs, sent in order after `Host:
+    host` (None: no Host); a str alone is sent as a whole line, for the malformed ones. `framing`:
+    'content-length' adds the body's Content-Length; 'chunked' adds `Transfer-Encoding: chunked` and
+    sends `body` (bytes, or a list of chunks) chunk by chunk; None sends `body` as it is, framed
+    only by the headers given.
     `version` None leaves the protocol out of the request line (HTTP/0.9).
     """
     chunks = [_bytes(chunk) for chunk in (body if isinstance(body, list) else [body])]
@@ -144,7 +145,7 @@ class Connection:
         """Whether the server closes the connection (within the timeout) without sending more."""
         try:
             data = self.received or self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return False
         assert data == b'', f'expected a close, got {data[:300]!r}'
         return True

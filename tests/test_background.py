@@ -1,5 +1,6 @@
 """`apiphant-background`: tasks run one at a time, shortest period first, failures logged, SIGTERM."""
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from apiphant.background import seconds
+
 from support import make_product, wait_for
 
 COMMAND = str(Path(sys.executable).parent / 'apiphant-background')
@@ -169,7 +171,7 @@ def test_a_task_that_overruns_its_period_neither_overlaps_nor_starves_the_others
     assert code == 0
     entries = journal(tmp_path)
     assert sum(entry[0] == 'hog-end' for entry in entries) >= 2  # (it overran each time: 0.3 s a 0.1 s period)
-    for before, after in zip(entries, entries[1:]):
+    for before, after in itertools.pairwise(entries):
         if before[0].endswith('-start'):
             assert after[0] == before[0].replace('-start', '-end'), 'tasks overlapped'
 

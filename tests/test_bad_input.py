@@ -1,6 +1,7 @@
 """Hardening against bad input: every hostile body or malformed request gets a JSON error or a clean
 close, never a crash, never a traceback; afterwards the server still answers a normal echo."""
 
+import itertools
 import json
 import select
 import socket
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apiphant.test import serve, test
+
 from support import EXAMPLE, Connection, exchange, http_request, wait_for
 
 ECHO = '/api/v0/echo/read'
@@ -275,7 +277,7 @@ def test_upgrades_chunks_and_trailers_read_the_same_whatever_the_reads(server, c
     bounds = [0, *sorted(set(cuts)), len(data)]
     with Connection(server.port) as connection:
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             connection.send(data[start:end])
         answers = [connection.answer() for _ in PIPELINE]
     assert [answer.json() for answer in answers] == [{**body, 'server': 'myproduct'} for _, body in PIPELINE]

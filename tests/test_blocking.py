@@ -4,6 +4,7 @@ an action that waits cooperatively is not reported."""
 import pytest
 
 from apiphant.test import call, serve
+
 from support import log_has, make_product, run_cli, wait_for
 
 SLOW = '''

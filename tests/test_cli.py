@@ -13,6 +13,7 @@ import pytest
 
 from apiphant import __version__
 from apiphant.test import serve, test
+
 from support import EXAMPLE, KITCHEN, exchange, http_request, log_has, make_product, run_cli
 
 BIN = Path(sys.executable).parent

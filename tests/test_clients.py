@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from apiphant.test import serve
+
 from support import EXAMPLE, Connection, exchange, http_request, log_has, make_product, wait_for
 
 ECHO = '/api/v0/echo/read'

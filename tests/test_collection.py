@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from apiphant import __version__
+
 from support import ROOT
 
 BIN = Path(sys.executable).parent

@@ -11,6 +11,7 @@ from gevent import socket
 
 from apiphant.connection import Connection, State
 from apiphant.errors import BODY_REFUSED
+
 from support import http_request
 
 BASE_ENVIRON = {'SCRIPT_NAME': '', 'SERVER_NAME': 'test', 'SERVER_PORT': '80', 'wsgi.url_scheme': 'http'}

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from apiphant.test import serve
+
 from support import EXAMPLE, KITCHEN, exchange, http_request, log_has, run_cli
 
 ORIGIN = 'http://127.0.0.1:3000'

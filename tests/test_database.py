@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from apiphant.test import call, client, serve
+
 from support import connected_ports, log_has, make_product, run_cli, wait_for
 
 LIFESPAN = '''
@@ -136,8 +137,8 @@ def test_a_saturated_pool_answers_503_with_retry_after_and_queues_no_more_than_m
 def test_connections_the_server_closed_while_idle_are_replaced_without_an_error(postgres, product):
     with serve(product, '--workers', '2', env=settings(postgres, size=3)) as server:
         first, second = worker_pids(server)
-        ports = wait_for(lambda: len(held := connected_ports(first, postgres.port) | connected_ports(second, postgres.port))
-                         == 6 and held)
+        ports = wait_for(lambda: len(held := connected_ports(first, postgres.port)
+                                     | connected_ports(second, postgres.port)) == 6 and held)
         postgres.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)',
                        list(ports))
         wait_for(lambda: not ports & backends(postgres))
@@ -166,7 +167,8 @@ def test_up_checks_the_database(postgres, product):
             postgres.query('ALTER DATABASE checked ALLOW_CONNECTIONS false')
             postgres.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'checked'")
             # (first the pooled connection's own end, then no new connection within the pool's 1 s)
-            wait_for(lambda: up() == (503, {'status': 'down', 'error': 'Busy: no database connection is free: try again shortly'}))
+            busy = 'Busy: no database connection is free: try again shortly'
+            wait_for(lambda: up() == (503, {'status': 'down', 'error': busy}))
             postgres.query('ALTER DATABASE checked ALLOW_CONNECTIONS true')
             wait_for(lambda: up() == (200, {'status': 'up'}))
     finally:

@@ -9,6 +9,7 @@ import requests
 
 from apiphant.health import CHECK_PERIOD
 from apiphant.test import serve
+
 from support import KITCHEN, Connection, held_request, http_request, log_has, make_product, run_cli, wait_for
 
 CHECKED = '''
@@ -85,7 +86,8 @@ def test_the_product_check_makes_up_503_with_its_error_in_one_line(tmp_path):
         (product / 'api' / 'state').write_text('down')
         expected = (503, {'status': 'down', 'error': 'ConnectionError: database unreachable'})
         wait_for(lambda: up(server) == expected)
-        wait_for(lambda: log_has(server, 'health check fails: ConnectionError: database unreachable'))  # (read by a thread)
+        # (the log is read by a thread)
+        wait_for(lambda: log_has(server, 'health check fails: ConnectionError: database unreachable'))
         (product / 'api' / 'state').write_text('ok')
         wait_for(lambda: up(server) == (200, {'status': 'up'}))
         assert requests.post(f'http://127.0.0.1:{server.port}/api/health/check', timeout=10).status_code == 404

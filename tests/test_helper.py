@@ -4,6 +4,7 @@ import pytest
 
 from apiphant.routes import ProductError
 from apiphant.test import call, client, config, test
+
 from support import KITCHEN, make_product
 
 

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from apiphant.test import call, config, serve, test
+
 from support import EXAMPLE, Connection, exchange, http_request, log_has, wait_for
 
 ERROR_NOT_OBJECT = {'error': 'Request content should be JSON Object'}

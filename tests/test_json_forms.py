@@ -9,6 +9,7 @@ import pytest
 
 from apiphant.errors import NotJson, encode
 from apiphant.test import call, serve
+
 from support import IN_PROCESS_OR_LIVE, in_process_or_live, log_has, make_product, wait_for
 
 VALUES = {'api/v0/values.py': """

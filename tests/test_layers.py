@@ -22,7 +22,8 @@ def test_the_public_names_come_from_apiphant_itself():
     from apiphant import routes, validation
     from apiphant.errors import ApiError, NotJson
     assert (apiphant.ApiError, apiphant.NotJson) == (ApiError, NotJson)
-    assert (apiphant.field, apiphant.Invalid, apiphant.Missing) == (validation.field, validation.Invalid, validation.Missing)
+    public = (apiphant.field, apiphant.Invalid, apiphant.Missing)
+    assert public == (validation.field, validation.Invalid, validation.Missing)
     assert (apiphant.raw_environ, apiphant.raw_response) == (routes.raw_environ, routes.raw_response)
     assert set(PUBLIC) <= set(dir(apiphant)) and set(PUBLIC) <= set(apiphant.__all__)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from apiphant.test import call, client, serve
+
 from support import children, log_has, make_product, run_cli, wait_for
 
 LIFESPAN = '''

@@ -18,6 +18,7 @@ import pytest
 
 from apiphant.server import FD_REPORT_PERIOD
 from apiphant.test import serve, test
+
 from support import EXAMPLE, KITCHEN, Connection, http_request, log_has, wait_for
 
 ECHO = '/api/v0/echo/read'

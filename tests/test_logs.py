@@ -10,6 +10,7 @@ from pathlib import Path
 import requests
 
 from apiphant.test import serve
+
 from support import exchange, http_request, make_product, run_cli, wait_for
 
 PRODUCT = {'api/v0/loud.py': '''

@@ -13,6 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiphant.test import serve
+
 from support import KITCHEN, Connection, held_request, http_request, log_has, wait_for
 
 READ = '/api/v0/process/read'

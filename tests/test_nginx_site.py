@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from apiphant.test import serve
+
 from support import ROOT, listening_ports, make_product, wait_for
 
 TEMPLATE = ROOT / 'playbooks' / 'roles' / 'nginx' / 'templates' / 'site.conf.j2'

@@ -9,6 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from apiphant.test import serve
+
 from support import EXAMPLE, KITCHEN, make_product, run_cli
 
 SCHEMATHESIS = Path(sys.executable).parent / 'schemathesis'

@@ -17,6 +17,7 @@ from packaging.version import Version
 from trove_classifiers import classifiers as KNOWN_CLASSIFIERS
 
 from apiphant import __version__
+
 from support import ROOT
 
 BIN = Path(sys.executable).parent

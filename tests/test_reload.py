@@ -6,6 +6,7 @@ import socket
 from contextlib import ExitStack
 
 from apiphant.test import call, serve
+
 from support import children, log_has, make_product, wait_for
 
 ECHO = '''

@@ -9,6 +9,7 @@ import requests
 
 import apiphant
 from apiphant.test import call, client, serve
+
 from support import log_has, make_product, wait_for
 
 TRACED = {'api/v0/trace.py': '''

@@ -13,6 +13,7 @@ from psycopg.conninfo import make_conninfo
 
 from apiphant import __version__
 from apiphant.test import serve, test
+
 from support import ROOT, run_cli
 
 BIN = Path(sys.executable).parent
@@ -88,7 +89,8 @@ def test_the_deploy_folder_names_the_collection_and_loads_the_fabric_tasks(shop)
     listed = subprocess.run([BIN / 'fab', '--list'], cwd=shop / 'deploy', capture_output=True, text=True,
                             timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
-    assert re.findall(r'^  (\w+) ', listed.stdout, re.M) == ['deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock']
+    tasks = re.findall(r'^  (\w+) ', listed.stdout, re.M)
+    assert tasks == ['deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock']
 
 
 def test_the_new_products_readme_says_how_to_install_its_tests_and_what_the_deploy_is_tested_on(shop):
@@ -160,7 +162,8 @@ def test_new_with_a_database_adds_items_a_migration_a_lifespan_and_their_tests(s
 
 def test_the_new_products_database_tests_pass_at_once(stocked, postgres):
     result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider'], cwd=stocked,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, 'DATABASE_URL': postgres.url})
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, 'DATABASE_URL': postgres.url})
     assert result.returncode == 0, result.stdout + result.stderr
     assert '19 passed' in result.stdout
     assert [name for (name,) in postgres.query('SELECT datname FROM pg_database')

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from apiphant.test import call, serve, test
+
 from support import EXAMPLE, KITCHEN, Connection, exchange, held_request, http_request, log_has, wait_for
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from apiphant.app import Request, encode
 from apiphant.test import call, client, test
 from apiphant.validation import ApiError, Invalid, Missing, field, nested_errors
+
 from support import KITCHEN, log_has, wait_for
 
 

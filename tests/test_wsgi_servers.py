@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from apiphant.test import RunningServer, call, test
+
 from support import KITCHEN, children, exchange, http_request, listening_ports, wait_for
 
 START_TIMEOUT = 30

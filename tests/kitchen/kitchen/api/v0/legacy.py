@@ -1,4 +1,4 @@
-"""Actions written for apiphant 0.2, kept answering 0.2's clients (docs/product/migrating.md: Coming from apiphant 0.2)."""
+"""Actions written for apiphant 0.2, kept answering 0.2's clients (docs/product/migrating.md)."""
 
 from apiphant.validation import ApiError, field, nested_errors
 
