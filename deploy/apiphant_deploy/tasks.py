@@ -9,7 +9,8 @@ logs, fast failure, one line per step.
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
-    fab unlock HOST          break the deploy lock a killed run left, saying whose it was
+    fab unlock HOST          break the deploy lock a killed run (or one on another machine) left,
+                             saying whose it was
     fab history HOST         the audit trail: every deploy, rollback, restart and unlock
     fab status HOST          releases (current marked), supervisor programs, last log lines,
                              the last lines of the audit trail
@@ -33,11 +34,8 @@ relative to the fabfile's folder:
 import getpass
 import io
 import json
-import os
-import pwd
 import re
 import shutil
-import socket
 import sys
 from shlex import quote
 from pathlib import Path
@@ -183,8 +181,8 @@ def playbook(c, target, name, what, variables=None):
     the task that failed."""
     folder, playbook_name = playbook_source(c, name)
     step(target.name, f'{what}: ansible-playbook {playbook_name}')
-    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in {**target.overrides, **(variables or {})}.items()
-                     if value)
+    given = {key: value for key, value in {**target.overrides, **(variables or {})}.items() if value}
+    extra = f'-e {quote(json.dumps(given))} ' if given else ''
     option, stdin = vault(c)
     result = local(c, f'cd {quote(str(folder))} && {quote(ansible_tool("ansible-playbook"))} '
                       f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra}{option} '
@@ -280,38 +278,26 @@ def logs(c, host=None, lines=50, follow=False, request=None, ask_vault_pass=Fals
 
 
 def lock_holder(line):
-    """The words of a deploy lock (written by the collection's lock role) as a person reads them."""
-    user, machine, pid, _, since, action = (line.split() + ['?'] * 6)[:6]
-    return f'{user} on {machine} since {since}, running {action} (pid {pid})'
-
-
-# Appends a line to the host's audit trail, in the product folder, as the lock role does: time, who ($2),
-# action ($3), release id (the current one), commit (none here), outcome ($4).
-AUDIT = ('printf "%s %s %s %s %s %s\\n" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$2" "$3" '
-         '"$(basename "$(readlink current)")" - "$4" >> audit.log')
+    """The words of a deploy lock (written by the collection's lock role, roles/lock/files/deploy_lock.py:
+    user host machine-id pid epoch since action token) as a person reads them."""
+    user, machine, machine_id, pid, _, since, action, _ = (line.split() + ['?'] * 8)[:8]
+    return f'{user} on {machine} (machine id {machine_id}) since {since}, running {action} (pid {pid})'
 
 
 @host_task
 def unlock(c, host=None, ask_vault_pass=False):
-    """Break the deploy lock of HOST (one a killed run left), saying whose it was; the audit trail
-    records it."""
+    """Break the deploy lock of HOST (one a killed run left, or one taken on another machine), saying
+    whose it was; only that lock is broken, and the audit trail records it."""
     ask_vault_password(c, ask_vault_pass)
-    me = f'{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}'
     for target in targets(c, host):
         reach(target)
-        lock = f'{target.home}/deploy.lock'
+        lock = f'/run/apiphant/{target.product}.lock'
         held = target.run(f'cat {quote(lock)}').stdout.strip()
         if not held:
             step(target.name, 'no deploy lock to break')
             continue
-        user, machine = (held.split() + ['?', '?'])[:2]
-        # Under the lock role's flock of the folder, and only if the lock is still the one read.
-        script = f'cd "$1" && [ "$(cat deploy.lock)" = "$5" ] && rm deploy.lock && {AUDIT}'
-        result = target.run(f'flock {quote(target.home)} sh -c {quote(script)} unlock {quote(target.home)} '
-                            f'{quote(me)} unlock {quote(f"broke the lock of {user}@{machine}")} {quote(held)}')
-        if result.failed:
-            raise Exit(f'[{target.name}] cannot break the deploy lock {lock} (taken or released meanwhile?) '
-                       f'{result.stderr.strip()}')
+        step(target.name, f'the deploy lock is held by {lock_holder(held)}')
+        playbook(c, target, 'unlock', 'unlock', {'lock_break': held})
         step(target.name, f'broke the deploy lock of {lock_holder(held)}')
 
 
