@@ -27,6 +27,12 @@ SCRIPT = ROOT / 'playbooks' / 'roles' / 'lock' / 'files' / 'deploy_lock.py'
 spec = importlib.util.spec_from_file_location('deploy_lock', SCRIPT)
 deploy_lock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(deploy_lock)
+# Asks the first API port which release answers.
+READ_ECHO = '''
+import json, urllib.request
+request = urllib.request.Request('http://127.0.0.1:8001/api/v0/echo/read', b'{}')
+print(json.load(urllib.request.urlopen(request, timeout=30))['server'])
+'''
 # On the host, as root: start a process that, as the user given, holds flock on every file and folder
 # under the paths given it can open, and prints them, then `ready`; it runs until killed.
 HOG = '''
@@ -257,8 +263,17 @@ def test_a_full_disk_at_the_audit_trail_fails_the_run_and_leaves_the_lock_free(d
     assert run.returncode == 0, run.output
 
 
-def test_a_deploy_killed_halfway_leaves_the_old_release_serving_and_the_next_takes_over_its_lock(
+def release_of(lab, host):
+    return host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+
+
+def test_a_deploy_killed_halfway_leaves_the_old_release_serving_rollback_skips_it_the_next_deploy_makes_it(
         deployed, fab, lab, product, inventory, host, ansible_env, served_on_ports):
+    run = fab('deploy', host.address, inventory=labelled(lab, product, 'previous', inventory, host))
+    assert run.returncode == 0, run.output  # a complete release before the current one, to roll back to
+    previous = release_of(lab, host)
+    run = fab('deploy', host.address, inventory=labelled(lab, product, 'current', inventory, host))
+    assert run.returncode == 0, run.output
     serving = served_on_ports(host)
     releases = set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split())
     killed = labelled(lab, product, 'killed', inventory, host, lock_timeout=5)
@@ -277,15 +292,66 @@ def test_a_deploy_killed_halfway_leaves_the_old_release_serving_and_the_next_tak
     stale = locked(lab, host)
     assert deploy_lock.words(stale)['action'] == 'deploy', stale
     assert served_on_ports(host) == serving
+    half_made = set(host.ssh('ls -t /opt/myproduct/releases', key=lab.key).stdout.split()) - releases
+    assert len(half_made) == 1
 
     # Its ansible-playbook is gone from this machine (the machine id in the lock): the lock is stale
-    # at once, and the half-made release is made again.
+    # at once. The half-made release is the newest folder; the rollback goes past it.
+    rollback = fab('rollback', host.address, inventory=killed)
+    assert rollback.returncode == 0, rollback.output
+    assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rollback.output.split())
+    assert release_of(lab, host) == previous
+    assert set(served_on_ports(host).values()) == {'previous'}
+
+    # The half-made release is made again.
     rerun = fab('deploy', host.address, inventory=killed)
     assert rerun.returncode == 0, rerun.output
-    assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rerun.output.split())
     assert 'waited' not in rerun.output  # (it would fail after lock_timeout, 5 s, naming the holder)
+    assert release_of(lab, host).rsplit('/', 1)[-1] == half_made.pop()
     assert set(served_on_ports(host).values()) == {'killed'}
     assert locked(lab, host) == ''
+
+
+def test_a_rollback_with_no_complete_release_to_go_to_refuses_saying_why(deployed, fab, lab, host):
+    current = release_of(lab, host)
+    # Left: current and a release a killed deploy left half made (no .complete).
+    host.ssh('cd /opt/myproduct/releases && for release in *; do [ "$PWD/$release" = "$(readlink ../current)" ]'
+             ' || rm -rf "$release"; done && mkdir -p half-made/myproduct', key=lab.key)
+    run = fab('rollback', host.address)
+    assert run.returncode != 0
+    assert (f'{host.name}: no complete release before {current.rsplit("/", 1)[-1]} to roll back to, only '
+            f'half-made incomplete (no .complete: a deploy failed or was killed while making it)'
+            in ' '.join(run.output.split())), run.output
+    assert release_of(lab, host) == current
+    assert locked(lab, host) == ''
+    host.ssh('rm -rf /opt/myproduct/releases/half-made', key=lab.key)
+
+
+def test_a_release_ships_what_git_tracks_with_modes_normalised(deployed, fab, lab, product, inventory, host):
+    tracked = labelled(lab, product, 'tracked', inventory, host)
+    folder = lab.workdir / 'product-tracked'
+    (folder / 'myproduct' / 'api' / 'v0' / 'echo.py').chmod(0o666)  # world-writable
+    (folder / 'myproduct' / '.env').write_text('SECRET=not for the host\n')
+    shipped = '/opt/myproduct/current/myproduct'
+    writable = f'find {shipped} -perm /022 ! -type l'
+
+    # No git work tree: the folder ships as it is, but with root's modes.
+    run = fab('deploy', host.address, inventory=tracked)
+    assert run.returncode == 0, run.output
+    assert host.ssh(writable, key=lab.key).stdout == ''
+    assert host.ssh(f'cat {shipped}/.env', key=lab.key).stdout == 'SECRET=not for the host\n'
+
+    # In a git work tree (product_source a folder of it): what git tracks at HEAD, nothing untracked.
+    git = ['git', '-C', folder, '-c', 'user.name=t', '-c', 'user.email=t@example.com']
+    subprocess.run([*git, 'init', '-q'], check=True)
+    subprocess.run([*git, 'add', 'myproduct/api', 'myproduct/__init__.py'], check=True)
+    subprocess.run([*git, 'commit', '-q', '-m', 'tracked'], check=True)
+    run = fab('deploy', host.address, inventory=tracked)
+    assert run.returncode == 0, run.output
+    assert host.ssh(f'test -e {shipped}/.env', key=lab.key, check=False).returncode == 1
+    assert host.ssh(writable, key=lab.key).stdout == ''
+    assert host.ssh(f'stat -c %U:%G:%a {shipped}/api/v0/echo.py', key=lab.key).stdout.strip() == 'root:root:644'
+    assert host.ssh(f'python3 -c {shlex.quote(READ_ECHO)}', key=lab.key).stdout.strip() == 'tracked'
 
 
 def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deployed, fab, lab, product,
