@@ -57,8 +57,9 @@ def started(pid):
 
 def answers(host, port):
     url = f'http://{f"[{host}]" if ":" in host else host}:{port}/up'
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        with direct.open(url, timeout=5) as reply:
             return reply.status == 200
     except OSError:
         return False
