@@ -9,7 +9,8 @@ logs, fast failure, one line per step.
     fab -H HOST deploy       the same with Fabric's host flag; several hosts: -H a,b
     fab rollback HOST        back to the previous release, one port at a time
     fab restart HOST         rolling restart, one port at a time
-    fab unlock HOST          break the deploy lock a killed run left, saying whose it was
+    fab unlock HOST          break the deploy lock a killed run (or one on another machine) left,
+                             saying whose it was
     fab history HOST         the audit trail: every deploy, rollback, restart and unlock
     fab status HOST          releases (current marked), supervisor programs, last log lines,
                              the last lines of the audit trail
@@ -34,16 +35,15 @@ import getpass
 import io
 import json
 import os
-import pwd
 import re
 import shutil
-import socket
 import sys
 from shlex import quote
 from pathlib import Path
 
 from fabric import Connection, task
 from invoke.exceptions import Exit
+from paramiko import RejectPolicy, SSHException
 
 CONNECT_TIMEOUT = 10
 REQUEST_ID = re.compile(r'[A-Za-z0-9._-]{1,128}')  # what nginx and apiphant pass on as an X-Request-ID
@@ -130,11 +130,11 @@ def targets(c, host):
     listing = inventory(c)
     hostvars = listing.get('_meta', {}).get('hostvars', {})
     if host in listing:
-        return [Target(name, hostvars.get(name, {})) for name in group_hosts(listing, host)]
+        return [Target(name, hostvars.get(name, {}), config=c.config) for name in group_hosts(listing, host)]
     wanted = Connection(host)
     for name, variables in hostvars.items():
         if wanted.host in (name, variables.get('ansible_host')):
-            return [Target(name, variables, host)]
+            return [Target(name, variables, host, c.config)]
     raise Exit(f'{host} is neither a host nor a group of {inventory_path(c)}')
 
 
@@ -150,7 +150,7 @@ def group_hosts(listing, group):
 class Target:
     """One API host: its inventory name and variables, and how to reach it over SSH."""
 
-    def __init__(self, name, variables, spec=''):
+    def __init__(self, name, variables, spec='', config=None):
         self.name = name
         self.variables = variables
         self.product = variables.get('product_name', '')
@@ -162,20 +162,51 @@ class Target:
         key = variables.get('ansible_ssh_private_key_file')
         self.overrides = {'ansible_user': user, 'ansible_port': port} if given else {}
         self.connection = Connection(address, user=user, port=int(port), connect_timeout=CONNECT_TIMEOUT,
-                                     connect_kwargs={'key_filename': [key]} if key else {})
+                                     connect_kwargs={'key_filename': [key]} if key else {}, config=config)
+        check_host_keys(self.connection)
+
+    def as_root(self, command):
+        """The command run as root: as is for root, through sudo for a sudoer ansible_user (as Ansible's
+        become), never asking for a password."""
+        return command if self.connection.user == 'root' else f'sudo -n sh -c {quote(command)}'
 
     def run(self, command, **options):
-        return self.connection.run(command, hide=True, warn=True, in_stream=False, **options)
+        return self.connection.run(self.as_root(command), hide=True, warn=True, in_stream=False, **options)
+
+
+def check_host_keys(connection):
+    """Check the host's SSH key as ssh and Ansible do, against ~/.ssh/known_hosts, the SSH config's
+    UserKnownHostsFile and /etc/ssh/ssh_known_hosts: an unknown key is refused (Fabric alone would
+    accept any). ANSIBLE_HOST_KEY_CHECKING=False, Ansible's own switch, turns the check off for both."""
+    if os.environ.get('ANSIBLE_HOST_KEY_CHECKING', 'true').lower() in ('false', 'no', 'off', '0'):
+        return
+    files = connection.ssh_config.get('userknownhostsfile', '~/.ssh/known_hosts').split()
+    for path in [*files, '/etc/ssh/ssh_known_hosts']:
+        path = os.path.expanduser(path)
+        if os.path.isfile(path):
+            connection.client.load_system_host_keys(path)
+    connection.client.set_missing_host_key_policy(RejectPolicy())
 
 
 def reach(target):
-    """Fail fast, naming the host, when it cannot be reached over SSH."""
+    """Fail fast, naming the host, when it cannot be reached over SSH, its host key is unknown, or
+    its user cannot act as root."""
     step(target.name, 'checking SSH')
+    where = f'{target.connection.host}:{target.connection.port}'
     try:
-        target.run('true')
-    except Exception as error:  # paramiko and socket errors alike: all mean "cannot reach"
-        raise Exit(f'[{target.name}] cannot reach {target.connection.host}:{target.connection.port} '
-                   f'over SSH: {error}') from None
+        result = target.run('true')
+    except SSHException as error:
+        if 'not found in known_hosts' not in str(error):
+            raise Exit(f'[{target.name}] cannot reach {where} over SSH: {error}') from None
+        user = f'{target.connection.user}@' if target.connection.user else ''
+        raise Exit(f'[{target.name}] the SSH host key of {where} is unknown, so it is refused. Check its '
+                   f'fingerprint with whoever runs the host, then accept it with: ssh -p '
+                   f'{target.connection.port} {user}{target.connection.host} true') from None
+    except Exception as error:  # socket errors and the like: all mean "cannot reach"
+        raise Exit(f'[{target.name}] cannot reach {where} over SSH: {error}') from None
+    if result.failed:
+        raise Exit(f'[{target.name}] {target.connection.user} on {where} cannot act as root without a '
+                   f'password (sudo -n): {result.stderr.strip()}')
 
 
 def playbook(c, target, name, what, variables=None):
@@ -183,8 +214,8 @@ def playbook(c, target, name, what, variables=None):
     the task that failed."""
     folder, playbook_name = playbook_source(c, name)
     step(target.name, f'{what}: ansible-playbook {playbook_name}')
-    extra = ' '.join(f'-e {quote(f"{key}={value}")}' for key, value in {**target.overrides, **(variables or {})}.items()
-                     if value)
+    given = {key: value for key, value in {**target.overrides, **(variables or {})}.items() if value}
+    extra = f'-e {quote(json.dumps(given))} ' if given else ''
     option, stdin = vault(c)
     result = local(c, f'cd {quote(str(folder))} && {quote(ansible_tool("ansible-playbook"))} '
                       f'-i {quote(str(inventory_path(c)))} --limit {quote(target.name)} {extra}{option} '
@@ -253,7 +284,9 @@ def status(c, host=None, ask_vault_pass=False):
         for release in releases:
             print(f'  {"*" if release == current else " "} {release}')
         step(target.name, 'programs:')
-        print(target.run(f'supervisorctl status {quote(target.product + ":*")}').stdout.rstrip())
+        # Each program is a Supervisor group of its own (PRODUCT-api-PORT, PRODUCT-background).
+        programs = f'^{re.escape(target.product)}-(api-[0-9]+|background) '
+        print(target.run(f'supervisorctl status | grep -E {quote(programs)}').stdout.rstrip())
         step(target.name, 'last log lines:')
         print(target.run(f'tail -n 3 {quote(target.home)}/log/*.log').stdout.rstrip())
         step(target.name, 'last runs (fab history for all):')
@@ -274,44 +307,32 @@ def logs(c, host=None, lines=50, follow=False, request=None, ask_vault_pass=Fals
         else:
             command = f'tail -n {int(lines)} {"-F " if follow else ""}{quote(target.home)}/log/*.log'
         step(target.name, command)
-        result = target.connection.run(command, warn=True, in_stream=False)
+        result = target.connection.run(target.as_root(command), warn=True, in_stream=False)
         if request and result.return_code == 1:
             step(target.name, f'no log line has request ID {request}')
 
 
 def lock_holder(line):
-    """The words of a deploy lock (written by the collection's lock role) as a person reads them."""
-    user, machine, pid, _, since, action = (line.split() + ['?'] * 6)[:6]
-    return f'{user} on {machine} since {since}, running {action} (pid {pid})'
-
-
-# Appends a line to the host's audit trail, in the product folder, as the lock role does: time, who ($2),
-# action ($3), release id (the current one), commit (none here), outcome ($4).
-AUDIT = ('printf "%s %s %s %s %s %s\\n" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$2" "$3" '
-         '"$(basename "$(readlink current)")" - "$4" >> audit.log')
+    """The words of a deploy lock (written by the collection's lock role, roles/lock/files/deploy_lock.py:
+    user host machine-id pid epoch since action token) as a person reads them."""
+    user, machine, machine_id, pid, _, since, action, _ = (line.split() + ['?'] * 8)[:8]
+    return f'{user} on {machine} (machine id {machine_id}) since {since}, running {action} (pid {pid})'
 
 
 @host_task
 def unlock(c, host=None, ask_vault_pass=False):
-    """Break the deploy lock of HOST (one a killed run left), saying whose it was; the audit trail
-    records it."""
+    """Break the deploy lock of HOST (one a killed run left, or one taken on another machine), saying
+    whose it was; only that lock is broken, and the audit trail records it."""
     ask_vault_password(c, ask_vault_pass)
-    me = f'{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}'
     for target in targets(c, host):
         reach(target)
-        lock = f'{target.home}/deploy.lock'
+        lock = f'/run/apiphant/{target.product}.lock'
         held = target.run(f'cat {quote(lock)}').stdout.strip()
         if not held:
             step(target.name, 'no deploy lock to break')
             continue
-        user, machine = (held.split() + ['?', '?'])[:2]
-        # Under the lock role's flock of the folder, and only if the lock is still the one read.
-        script = f'cd "$1" && [ "$(cat deploy.lock)" = "$5" ] && rm deploy.lock && {AUDIT}'
-        result = target.run(f'flock {quote(target.home)} sh -c {quote(script)} unlock {quote(target.home)} '
-                            f'{quote(me)} unlock {quote(f"broke the lock of {user}@{machine}")} {quote(held)}')
-        if result.failed:
-            raise Exit(f'[{target.name}] cannot break the deploy lock {lock} (taken or released meanwhile?) '
-                       f'{result.stderr.strip()}')
+        step(target.name, f'the deploy lock is held by {lock_holder(held)}')
+        playbook(c, target, 'unlock', 'unlock', {'lock_break': held})
         step(target.name, f'broke the deploy lock of {lock_holder(held)}')
 
 

@@ -18,6 +18,8 @@ SYSTEMS = tuple(PYTHONS)
 # What runs on one of them only: the roles' checks of the variables stop the run on the controller
 # the same way on every system, and only systemd brings services up at boot.
 ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
+           'test_a_string_with_a_trailing_newline_fails_naming_it': SYSTEMS[:1],
+           'test_check_mode_runs_through_and_changes_nothing': SYSTEMS[:1],
            'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
@@ -75,8 +77,8 @@ def test_every_program_runs_as_the_product_user(first_run, host, lab):
     programs = [line.split() for line in status.splitlines() if line.strip()]
     names = sorted(program[0] for program in programs)
     cpus = int(on_host(host, lab, 'nproc'))
-    assert names == sorted([f'myproduct:myproduct-api-{8001 + n}' for n in range(cpus)]
-                           + ['myproduct:myproduct-background'])
+    assert names == sorted([f'myproduct-api-{8001 + n}' for n in range(cpus)]
+                           + ['myproduct-background'])
     assert all(program[1] == 'RUNNING' for program in programs), status
     users = {line.split()[0] for line in on_host(host, lab, 'ps -eo user:20,args').splitlines()
              if 'apiphant' in line and 'ps -eo' not in line}
@@ -173,12 +175,32 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, 
     ('api_ports', '[8001, 99999]', 'api_ports=[8001, 99999]'),
     ('product_source', '/nonexistent/product', 'product_source=/nonexistent/product'),
     ('product_name', 'My-Product', 'product_name=My-Product'),
+    ('releases_keep', '1', 'releases_keep=1: needs at least 2'),
+    ('product_home', '/opt/my product', 'product_home="/opt/my product": needs an absolute path'),
+    ('supervisor_log_maxbytes', '50MB;x', 'supervisor_log_maxbytes="50MB;x" (a size such as 50MB)'),
 ])
 def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, value, message):
     run = site(**{variable: value})
     assert run.returncode != 0
     assert message in ' '.join(run.output.split())  # as one line, however the YAML output wraps it
     assert run.recap()[host.name]['changed'] == 0
+
+
+@pytest.mark.parametrize('variable', ['product_home', 'api_host', 'supervisor_conf_dir'])
+def test_a_string_with_a_trailing_newline_fails_naming_it(first_run, site, host, variable):
+    """Ansible's match with `$` accepts a trailing newline; the checks end with \\Z."""
+    value = {'product_home': '/opt/myproduct', 'api_host': '127.0.0.1', 'supervisor_conf_dir': '/etc/supervisor/conf.d'}
+    run = site('-e', json.dumps({variable: value[variable] + '\n'}))
+    assert run.returncode != 0
+    assert f'{variable}={json.dumps(value[variable] + chr(10))}' in run.output, run.output
+    assert run.recap()[host.name]['changed'] == 0
+
+
+def test_check_mode_runs_through_and_changes_nothing(first_run, site, host):
+    for extra in ([], ['-e', 'apiphant_full=true']):  # the stamps skipping the roles, then every role
+        run = site('--check', *extra)
+        assert run.returncode == 0, run.output
+        assert run.recap()[host.name]['changed'] == 0, run.output
 
 
 def test_the_virtualenv_has_wheels_for_the_hosts_own_python(first_run, host, lab, system):

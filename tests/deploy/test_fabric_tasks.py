@@ -9,14 +9,18 @@ import functools
 import http.client
 import json
 import shlex
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import testhost
+from conftest import ROOT, lab_environment
 
 ECHO = {'hello': 'world'}
 ECHO_PATH = '/api/v0/echo/read'
@@ -260,7 +264,7 @@ def running_again(host, lab, program, old_pid):
 
 
 def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_port(deployed, lab, host):
-    program = 'myproduct:myproduct-api-8001'
+    program = 'myproduct-api-8001'
     error_log = '/opt/myproduct/log/nginx-error.log'
     logged = int(host.ssh(f'wc -l < {error_log}', key=lab.key).stdout)
     pid = host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip()
@@ -368,3 +372,165 @@ def test_with_api_metrics_every_port_serves_metrics_and_nginx_does_not(deployed,
     answers = through_nginx(host, [('POST', ECHO_PATH, {})] * 6 + [('GET', '/metrics', {}), ('GET', '/up', {})])
     assert [status for status, _ in answers] == [200] * 6 + [404, 200]
     assert scrape() == before + 6
+
+
+# Asks the API ports given which release answers, on the host: "PORT LABEL" lines, "PORT down" for none.
+PORTS = '''
+import json, sys, urllib.request
+for port in sys.argv[1:]:
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/api/v0/echo/read', b'{}')
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            print(port, json.load(reply)['server'])
+    except OSError:
+        print(port, 'down')
+'''
+# Added to the product's api/__init__.py: port 8002 cannot start while the test's file exists.
+CRASH = '/tmp/crash-port-8002'
+CRASHING = f'''
+import sys
+from pathlib import Path
+if Path({CRASH!r}).exists() and any(arg.endswith(':8002') for arg in sys.argv):
+    raise SystemExit('the test made port 8002 fail to start')
+'''
+
+
+def on_ports(host, lab, *ports):
+    answers = host.ssh(f'python3 -c {shlex.quote(PORTS)} {" ".join(map(str, ports))}', key=lab.key).stdout
+    return {int(port): label for port, label in (line.split(' ', 1) for line in answers.splitlines())}
+
+
+def test_a_deploy_that_failed_at_the_second_port_is_finished_by_the_next(deployed, lab, fab, inventory, host,
+                                                                          echo_file):
+    three = inventory(lab.hosts[:1], file='three-ports.ini', api_metrics='true', api_ports='[8001, 8002, 8003]')
+    release_as(echo_file, 'on three ports')
+    run = fab('deploy', host.address, inventory=three)
+    assert run.returncode == 0, run.output
+    assert on_ports(host, lab, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'on three ports')
+    init = echo_file.parents[1] / '__init__.py'
+    original = init.read_text()
+    try:
+        init.write_text(original + CRASHING)
+        release_as(echo_file, 'the second port failed')
+        host.ssh(f'touch {CRASH}', key=lab.key)
+        try:
+            run = fab('deploy', host.address, inventory=three)
+            assert run.returncode != 0
+            assert (f'{host.name}: port 8002 did not start or answer on release '
+                    in ' '.join(run.output.split())), run.output
+            assert on_ports(host, lab, 8001, 8002, 8003) == {8001: 'the second port failed', 8002: 'down',
+                                                             8003: 'on three ports'}
+        finally:
+            host.ssh(f'rm -f {CRASH}', key=lab.key)
+        # The same release again, port 8002 able to start (Supervisor may have started it by now):
+        # nothing to switch, port 8003 still to finish.
+        run = fab('deploy', host.address, inventory=three)
+    finally:
+        init.write_text(original)
+    assert run.returncode == 0, run.output
+    assert 'myproduct-api-8003: runs release ' in run.output, run.output
+    assert 'Restart myproduct-api-8001' not in run.output
+    assert on_ports(host, lab, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'the second port failed')
+    run = fab('deploy', host.address)  # back to the module's two ports: port 8003 is dropped
+    assert run.returncode == 0, run.output
+    assert on_ports(host, lab, 8003) == {8003: 'down'}
+
+
+def test_a_deploy_that_failed_between_the_switch_and_the_restart_is_finished_by_the_next(
+        deployed, lab, fab, inventory, host, echo_file, served_on_ports):
+    keep_two = inventory(lab.hosts[:1], file='keep-two.ini', api_metrics='true', releases_keep='2')
+    release_as(echo_file, 'before the failure')
+    run = fab('deploy', host.address, inventory=keep_two)
+    assert run.returncode == 0, run.output
+    # The releases but current, each a mount point (dated as they were, old): removing the one beyond
+    # releases_keep fails (Device or resource busy), after current switched and before any port restarted.
+    host.ssh('cd /opt/myproduct/releases && for release in *; do [ "$PWD/$release" = "$(readlink ../current)" ]'
+             ' || { mount -t tmpfs busy "$release" && touch -d @1 "$release"; }; done', key=lab.key)
+    release_as(echo_file, 'failed after the switch')
+    try:
+        run = fab('deploy', host.address, inventory=keep_two)
+    finally:
+        host.ssh("awk '$2 ~ \"^/opt/myproduct/releases/\" {print $2}' /proc/mounts | xargs -r umount", key=lab.key)
+    assert run.returncode != 0
+    assert 'deploy failed at task "release : Remove old releases, keeping 2"' in run.output, run.output
+    assert set(served_on_ports(host).values()) == {'before the failure'}
+    run = fab('deploy', host.address, inventory=keep_two)
+    assert run.returncode == 0, run.output
+    assert set(served_on_ports(host).values()) == {'failed after the switch'}
+
+
+def test_a_changed_program_setting_restarts_one_port_at_a_time_and_a_bad_one_stops_at_the_first(
+        deployed, lab, fab, inventory, host, served_on_ports):
+    def pids():
+        return {port: host.ssh(f'supervisorctl pid myproduct-api-{port}', key=lab.key).stdout.strip()
+                for port in (8001, 8002)}
+
+    before = pids()
+    slower = inventory(lab.hosts[:1], file='drain-12.ini', api_metrics='true', api_drain_timeout='12')
+    run = fab('deploy', host.address, inventory=slower)
+    assert run.returncode == 0, run.output
+    steps = [run.output.index(f'{step} myproduct-api-{port}') for port in (8001, 8002)
+             for step in ('Apply the Supervisor settings of', 'Restart', 'Wait until GET /up answers 200 on the port of')]
+    assert steps == sorted(steps), run.output  # each port applied, restarted and answering before the next
+    assert all(before[port] != pid for port, pid in pids().items())
+    assert '--drain-timeout 12' in host.ssh('ps -eo args', key=lab.key).stdout
+
+    serving = served_on_ports(host)
+    bad = inventory(lab.hosts[:1], file='drain-0.ini', api_metrics='true', api_drain_timeout='0')
+    run = fab('deploy', host.address, inventory=bad)
+    assert run.returncode != 0
+    assert f'{host.name}: port 8001 did not start or answer' in ' '.join(run.output.split()), run.output
+    assert 'Apply the Supervisor settings of myproduct-api-8002' not in run.output
+    assert on_ports(host, lab, 8002) == {8002: serving['8002']}  # the other port kept serving
+    assert served_by(host)[0] == 200
+    run = fab('deploy', host.address)
+    assert run.returncode == 0, run.output
+    assert served_on_ports(host) == serving
+
+
+def test_fab_refuses_an_unknown_host_key_naming_the_command_that_accepts_it(fab, lab, host, command):
+    """Host keys checked as Ansible checks them (ANSIBLE_HOST_KEY_CHECKING, on unless turned off),
+    against the known_hosts files of the SSH config that `fab -S` names."""
+    known = lab.workdir / 'fab-known-hosts'
+    known.write_text('')
+    config = lab.workdir / 'fab-ssh-config'
+    config.write_text(f'Host *\n    UserKnownHostsFile {known}\n')
+    fab_command = [Path(sys.executable).parent / 'fab', '-S', config, 'history', host.address]
+    env = {**lab_environment(lab), 'ANSIBLE_HOST_KEY_CHECKING': 'True', 'FABRIC_INVENTORY': str(fab.keywords['inventory'])}
+    run = command(fab_command, ROOT / 'deploy', env)
+    assert run.returncode != 0
+    assert (f'[{host.name}] the SSH host key of {host.address}:22 is unknown, so it is refused' in run.output
+            and f'accept it with: ssh -p 22 root@{host.address} true' in run.output), run.output
+    keys = subprocess.run(['ssh-keyscan', '-p', '22', host.address], capture_output=True, text=True, check=True)
+    known.write_text(keys.stdout)
+    run = command(fab_command, ROOT / 'deploy', env)
+    assert run.returncode == 0, run.output
+
+
+@pytest.fixture(scope='module')
+def sudoer(lab, host, inventory):
+    """An inventory of the module's host reached as `deployer`, a sudoer without a password (as on a
+    cloud image), not root."""
+    host.ssh('id deployer >/dev/null 2>&1 || useradd --create-home --shell /bin/bash deployer;'
+             ' echo "deployer ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/deployer && chmod 0440 /etc/sudoers.d/deployer;'
+             ' install -d -o deployer -m 0700 ~deployer/.ssh'
+             ' && install -o deployer -m 0600 /root/.ssh/authorized_keys ~deployer/.ssh/', key=lab.key)
+    path = inventory(lab.hosts[:1], file='sudoer.ini', api_metrics='true')
+    path.write_text(path.read_text().replace('ansible_user=root', 'ansible_user=deployer'))
+    return path
+
+
+def test_fab_tasks_work_with_a_sudoer_ansible_user(deployed, fab, lab, host, sudoer):
+    holder = 'alice laptop 0123456789abcdef0123456789abcdef 4242 1 1970-01-01T00:00:01Z rollback 0123456789abcdef'
+    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo "{holder}" > /run/apiphant/myproduct.lock', key=lab.key)
+    run = fab('unlock', host.address, inventory=sudoer)
+    assert run.returncode == 0 and f'[{host.name}] broke the deploy lock of alice on laptop' in run.output, run.output
+    run = fab('restart', host.address, inventory=sudoer)
+    assert run.returncode == 0, run.output
+    audit = host.ssh('tail -n 2 /opt/myproduct/audit.log', key=lab.key).stdout
+    assert ' unlock ' in audit and ' restart ' in audit
+    for task in ('status', 'history'):
+        run = fab(task, host.address, inventory=sudoer)
+        assert run.returncode == 0 and audit.strip() in run.output, run.output
+    run = fab('logs', host.address, '--lines', '5', inventory=sudoer)
+    assert run.returncode == 0 and '/opt/myproduct/log/api-8001.log' in run.output, run.output

@@ -94,6 +94,11 @@ def shop(user, lab):
         f'{host.name} ansible_host={host.address} ansible_user=root '
         f"ansible_ssh_private_key_file={lab.key} ansible_ssh_common_args='{ssh_args}'")
     inventory.write_text(text + 'api_ports=[9001]\nnginx_port=8080\n')
+    # The host's SSH key, known as a user makes it known (fab refuses an unknown one; this inventory's
+    # SSH arguments tell Ansible alone not to check).
+    ssh = home / '.ssh'
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / 'known_hosts').write_text(check(['ssh-keyscan', host.address], cwd=home, env=env).stdout)
     # The collection installed from its tarball satisfies the product's requirements.yml offline.
     installed = check(['ansible-galaxy', 'collection', 'install', '--offline', '-r', 'requirements.yml'],
                     cwd=deploy, env=env)

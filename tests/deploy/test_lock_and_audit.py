@@ -1,7 +1,11 @@
 """A host run by a team: its deploy lock (two runs, by fab or ansible-playbook, never interleave; a
-run that cannot take it fails naming its holder; a killed run's lock is stale; `fab unlock HOST`
-breaks one saying whose it was) and its audit trail (`fab status` and `fab history`)."""
+run that cannot take it fails naming its holder; a killed run's lock is stale; no other local user
+can hold or delay it; `fab unlock HOST` breaks one saying whose it was) and its audit trail (`fab
+status` and `fab history`). The lock's logic, roles/lock/files/deploy_lock.py, is tested here first
+without a host."""
 
+import fcntl
+import importlib.util
 import os
 import shlex
 import shutil
@@ -14,9 +18,41 @@ from pathlib import Path
 
 import pytest
 
+import testhost
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ECHO = ROOT / 'example' / 'myproduct' / 'api' / 'v0' / 'echo.py'
-LOCK = '/opt/myproduct/deploy.lock'
+LOCK = '/run/apiphant/myproduct.lock'
+SCRIPT = ROOT / 'playbooks' / 'roles' / 'lock' / 'files' / 'deploy_lock.py'
+spec = importlib.util.spec_from_file_location('deploy_lock', SCRIPT)
+deploy_lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(deploy_lock)
+# Asks the first API port which release answers.
+READ_ECHO = '''
+import json, urllib.request
+request = urllib.request.Request('http://127.0.0.1:8001/api/v0/echo/read', b'{}')
+print(json.load(urllib.request.urlopen(request, timeout=30))['server'])
+'''
+# On the host, as root: start a process that, as the user given, holds flock on every file and folder
+# under the paths given it can open, and prints them, then `ready`; it runs until killed.
+HOG = '''
+import fcntl, os, pwd, resource, sys, time
+user = pwd.getpwnam(sys.argv[1])
+os.setgroups([]); os.setgid(user.pw_gid); os.setuid(user.pw_uid)
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+held = []
+for root in sys.argv[2:]:
+    for folder, _, files in os.walk(root):
+        for path in [folder] + [os.path.join(folder, name) for name in files]:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: both users hold it
+                held.append(path)
+            except OSError:
+                pass
+print(*held, 'ready', sep='\\n', flush=True)
+time.sleep(3600)
+'''
 
 
 @pytest.fixture(scope='module')
@@ -39,6 +75,86 @@ def locked(lab, host):
 
 def audit_trail(lab, host):
     return host.ssh('cat /opt/myproduct/audit.log', key=lab.key, check=False).stdout.splitlines()
+
+
+def holder_line(action='deploy', machine=None, pid=4242, user='alice', host='laptop'):
+    line = deploy_lock.holder(action, user, host, pid, now=1)
+    return line if machine is None else line.replace(f' {deploy_lock.machine_id()} ', f' {machine} ', 1)
+
+
+@pytest.fixture
+def lock(tmp_path):
+    """A lock file's path in a folder as root's /run/apiphant: (the lock, the product's home)."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    tmp_path.chmod(0o755)
+    return tmp_path / 'locks' / 'product.lock', home
+
+
+def test_the_lock_is_taken_when_free_and_only_its_holder_releases_it(lock):
+    path, home = lock
+    me, other = holder_line(), holder_line(user='bob')
+    assert deploy_lock.take(path, me, 0) == (True, '')
+    assert deploy_lock.take(path, other, 0.2) == (False, me)
+    assert not deploy_lock.free(path, other, time.monotonic() + 1)
+    assert deploy_lock.main(['release', str(path), me, str(home), 'alice@laptop', 'deploy', 'r1', '-', 'ok']) == 0
+    assert path.read_text() == ''  # free: the file stays, empty
+    assert (home / 'audit.log').read_text().split()[1:] == ['alice@laptop', 'deploy', 'r1', '-', 'ok']
+    assert oct(path.stat().st_mode & 0o777) == '0o600' and oct(path.parent.stat().st_mode & 0o777) == '0o700'
+
+
+def test_a_held_flock_delays_taking_the_lock_at_most_its_timeout(lock):
+    path, _ = lock
+    me = holder_line()
+    deploy_lock.take(path, me, 0)
+    assert deploy_lock.free(path, me, time.monotonic())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert deploy_lock.take(path, holder_line(user='bob'), 0.3) == (False, '')
+    finally:
+        os.close(fd)
+    assert deploy_lock.take(path, holder_line(user='bob'), 0)[0]
+
+
+def test_a_failing_audit_write_still_frees_the_lock(lock, capsys):
+    path, home = lock
+    me = holder_line()
+    deploy_lock.take(path, me, 0)
+    (home / 'audit.log').mkdir()  # any error of the append: a full disk on the host test below
+    assert deploy_lock.main(['release', str(path), me, str(home), 'alice@laptop', 'deploy', 'r1', '-', 'ok']) == 1
+    assert 'cannot append to' in capsys.readouterr().err and path.read_text() == ''
+
+
+def test_a_lock_folder_another_user_can_change_is_refused(lock):
+    path, _ = lock
+    path.parent.mkdir(mode=0o700)
+    os.chown(path.parent, 65534, 65534)  # nobody made it first
+    with pytest.raises(deploy_lock.Refused, match='not a folder only root can change'):
+        deploy_lock.take(path, holder_line(), 0)
+    path.parent.chmod(0o777)
+    os.chown(path.parent, 0, 0)
+    with pytest.raises(deploy_lock.Refused, match='not a folder only root can change'):
+        deploy_lock.take(path, holder_line(), 0)
+
+
+def test_only_a_lock_of_this_machine_whose_run_is_gone_is_stale():
+    gone = subprocess.Popen(['true'])
+    gone.wait()
+    assert deploy_lock.stale(holder_line(pid=gone.pid))
+    assert deploy_lock.stale(holder_line(pid=os.getpid()))  # the pid is alive, but no ansible-playbook
+    # Another machine's, even of this machine's host name: never stale here.
+    assert not deploy_lock.stale(holder_line(pid=gone.pid, machine='0' * 32, host=os.uname().nodename))
+    assert not deploy_lock.stale(holder_line(pid=gone.pid, machine='-'))
+    assert not deploy_lock.stale('alice laptop 4242 1 2026-11-26T10:00:00Z deploy')  # not a holder line
+
+
+def test_a_stale_line_is_taken_over_only_while_it_holds_the_lock(lock):
+    path, _ = lock
+    killed, me = holder_line(user='killed'), holder_line()
+    deploy_lock.take(path, killed, 0)
+    assert deploy_lock.take(path, me, 0, stale_line=holder_line(user='other')) == (False, killed)
+    assert deploy_lock.take(path, me, 0, stale_line=killed) == (True, killed)
 
 
 @pytest.fixture(scope='module')
@@ -71,25 +187,28 @@ def test_two_deploys_started_together_one_wins_the_other_names_it(deployed, fab,
     assert locked(lab, host) == ''  # the winner released it; the loser left it alone
 
 
-def test_a_lock_from_elsewhere_is_named_then_broken_by_fab_unlock(deployed, fab, lab, product, inventory,
-                                                                 host, served_on_ports):
-    holder = f'alice laptop 4242 {int(time.time())} 2026-11-26T10:00:00Z rollback'
-    host.ssh(f'echo {shlex.quote(holder)} > {LOCK}', key=lab.key)
+def test_a_lock_from_another_machine_is_never_broken_but_by_fab_unlock_naming_it(
+        deployed, fab, lab, product, inventory, host, served_on_ports):
+    # Taken a day ago on a machine of this one's host name, by a pid not running here: only its
+    # machine id, another, tells it is not this machine's.
+    holder = holder_line('rollback', machine='0' * 32, host=os.uname().nodename, pid=4242)
+    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo {shlex.quote(holder)} > {LOCK}', key=lab.key)
+    named = (f'alice on {os.uname().nodename} (machine id {"0" * 32}) since 1970-01-01T00:00:01Z, '
+             f'running rollback (pid 4242)')
     blocked = labelled(lab, product, 'blocked', inventory, host, lock_timeout=1)
     run = fab('deploy', host.address, inventory=blocked)
     assert run.returncode != 0
-    assert (f'{host.name} is locked by alice on laptop since 2026-11-26T10:00:00Z, running rollback (pid 4242)'
-            in ' '.join(run.output.split())), run.output
+    assert f'{host.name} is locked by {named}' in ' '.join(run.output.split()), run.output
     assert locked(lab, host) == holder
     assert set(served_on_ports(host).values()) != {'blocked'}
 
     run = fab('unlock', host.address, inventory=blocked)
     assert run.returncode == 0, run.output
-    assert (f'[{host.name}] broke the deploy lock of alice on laptop since 2026-11-26T10:00:00Z, running '
-            f'rollback (pid 4242)') in run.output
+    assert f'[{host.name}] the deploy lock is held by {named}' in run.output
+    assert f'[{host.name}] broke the deploy lock of {named}' in run.output
     assert locked(lab, host) == ''
     assert ' unlock ' in audit_trail(lab, host)[-1]
-    assert audit_trail(lab, host)[-1].endswith(' - broke the lock of alice@laptop')
+    assert audit_trail(lab, host)[-1].endswith(f' - broke the lock of alice@{os.uname().nodename}')
     run = fab('unlock', host.address, inventory=blocked)
     assert run.returncode == 0 and f'[{host.name}] no deploy lock to break' in run.output, run.output
 
@@ -98,8 +217,63 @@ def test_a_lock_from_elsewhere_is_named_then_broken_by_fab_unlock(deployed, fab,
     assert set(served_on_ports(host).values()) == {'blocked'}
 
 
-def test_a_deploy_killed_halfway_leaves_the_old_release_serving_and_the_next_takes_over_its_lock(
+@pytest.fixture
+def hogs(lab, host):
+    """Start, on the host, `nobody` and the product's user each holding flock on every file and folder
+    they can open where a lock could be; stop them after the test."""
+    pids = []
+
+    def start(user):
+        out = f'/tmp/hog-{user}'
+        command = (f'setsid python3 -c {shlex.quote(HOG)} {user} /opt /run /var/lock /tmp /var/tmp /dev/shm /etc '
+                   f'</dev/null >{out} 2>&1 & echo $!')
+        pids.append(host.ssh(command, key=lab.key).stdout.strip())
+        return testhost.eventually(lambda: host.ssh(f'cat {out}', key=lab.key).stdout.splitlines(), timeout=60,
+                                   until=lambda lines: lines[-1:] == ['ready'])
+
+    yield start
+    for pid in pids:
+        host.ssh(f'kill {pid}', key=lab.key, check=False)
+
+
+def test_no_other_local_user_can_hold_or_delay_the_lock(deployed, fab, lab, product, inventory, host, hogs):
+    held = {user: hogs(user) for user in ('nobody', 'myproduct')}
+    assert '/opt/myproduct' in held['nobody'] and '/run/lock' in held['myproduct'], held
+    assert not any(path.startswith('/run/apiphant') for paths in held.values() for path in paths)
+    run = fab('restart', host.address, inventory=labelled(lab, product, 'hogged', inventory, host, lock_timeout=5))
+    assert run.returncode == 0 and 'waited' not in run.output, run.output
+    assert locked(lab, host) == ''
+
+
+def test_a_full_disk_at_the_audit_trail_fails_the_run_and_leaves_the_lock_free(deployed, fab, lab, product,
+                                                                               inventory, host):
+    # The audit trail on a full filesystem: a file of a 4 kB tmpfs filled up, mounted over it.
+    full = ('mkdir -p /mnt/full && mount -t tmpfs -o size=4k tmpfs /mnt/full && touch /mnt/full/audit.log'
+            ' && { dd if=/dev/zero of=/mnt/full/fill bs=4k 2>/dev/null; true; }'
+            ' && mount --bind /mnt/full/audit.log /opt/myproduct/audit.log')
+    host.ssh(full, key=lab.key)
+    try:
+        run = fab('restart', host.address, inventory=labelled(lab, product, 'full', inventory, host))
+        assert run.returncode != 0
+        assert 'No space left on device; the deploy lock is free' in run.output, run.output
+    finally:
+        host.ssh('umount /opt/myproduct/audit.log; umount /mnt/full', key=lab.key, check=False)
+    assert locked(lab, host) == ''
+    run = fab('restart', host.address, inventory=labelled(lab, product, 'full', inventory, host))
+    assert run.returncode == 0, run.output
+
+
+def release_of(lab, host):
+    return host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+
+
+def test_a_deploy_killed_halfway_leaves_the_old_release_serving_rollback_skips_it_the_next_deploy_makes_it(
         deployed, fab, lab, product, inventory, host, ansible_env, served_on_ports):
+    run = fab('deploy', host.address, inventory=labelled(lab, product, 'previous', inventory, host))
+    assert run.returncode == 0, run.output  # a complete release before the current one, to roll back to
+    previous = release_of(lab, host)
+    run = fab('deploy', host.address, inventory=labelled(lab, product, 'current', inventory, host))
+    assert run.returncode == 0, run.output
     serving = served_on_ports(host)
     releases = set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split())
     killed = labelled(lab, product, 'killed', inventory, host, lock_timeout=5)
@@ -116,17 +290,68 @@ def test_a_deploy_killed_halfway_leaves_the_old_release_serving_and_the_next_tak
         os.killpg(run.pid, signal.SIGKILL)  # fab and its ansible-playbook, as a closed terminal would
         run.wait()
     stale = locked(lab, host)
-    assert stale.endswith(' deploy')
+    assert deploy_lock.words(stale)['action'] == 'deploy', stale
     assert served_on_ports(host) == serving
+    half_made = set(host.ssh('ls -t /opt/myproduct/releases', key=lab.key).stdout.split()) - releases
+    assert len(half_made) == 1
 
-    # Its ansible-playbook is gone from this machine: the lock is stale at once, not after
-    # lock_stale_after, and the half-made release is made again.
+    # Its ansible-playbook is gone from this machine (the machine id in the lock): the lock is stale
+    # at once. The half-made release is the newest folder; the rollback goes past it.
+    rollback = fab('rollback', host.address, inventory=killed)
+    assert rollback.returncode == 0, rollback.output
+    assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rollback.output.split())
+    assert release_of(lab, host) == previous
+    assert set(served_on_ports(host).values()) == {'previous'}
+
+    # The half-made release is made again.
     rerun = fab('deploy', host.address, inventory=killed)
     assert rerun.returncode == 0, rerun.output
-    assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rerun.output.split())
     assert 'waited' not in rerun.output  # (it would fail after lock_timeout, 5 s, naming the holder)
+    assert release_of(lab, host).rsplit('/', 1)[-1] == half_made.pop()
     assert set(served_on_ports(host).values()) == {'killed'}
     assert locked(lab, host) == ''
+
+
+def test_a_rollback_with_no_complete_release_to_go_to_refuses_saying_why(deployed, fab, lab, host):
+    current = release_of(lab, host)
+    # Left: current and a release a killed deploy left half made (no .complete).
+    host.ssh('cd /opt/myproduct/releases && for release in *; do [ "$PWD/$release" = "$(readlink ../current)" ]'
+             ' || rm -rf "$release"; done && mkdir -p half-made/myproduct', key=lab.key)
+    run = fab('rollback', host.address)
+    assert run.returncode != 0
+    assert (f'{host.name}: no complete release before {current.rsplit("/", 1)[-1]} to roll back to, only '
+            f'half-made incomplete (no .complete: a deploy failed or was killed while making it)'
+            in ' '.join(run.output.split())), run.output
+    assert release_of(lab, host) == current
+    assert locked(lab, host) == ''
+    host.ssh('rm -rf /opt/myproduct/releases/half-made', key=lab.key)
+
+
+def test_a_release_ships_what_git_tracks_with_modes_normalised(deployed, fab, lab, product, inventory, host):
+    tracked = labelled(lab, product, 'tracked', inventory, host)
+    folder = lab.workdir / 'product-tracked'
+    (folder / 'myproduct' / 'api' / 'v0' / 'echo.py').chmod(0o666)  # world-writable
+    (folder / 'myproduct' / '.env').write_text('SECRET=not for the host\n')
+    shipped = '/opt/myproduct/current/myproduct'
+    writable = f'find {shipped} -perm /022 ! -type l'
+
+    # No git work tree: the folder ships as it is, but with root's modes.
+    run = fab('deploy', host.address, inventory=tracked)
+    assert run.returncode == 0, run.output
+    assert host.ssh(writable, key=lab.key).stdout == ''
+    assert host.ssh(f'cat {shipped}/.env', key=lab.key).stdout == 'SECRET=not for the host\n'
+
+    # In a git work tree (product_source a folder of it): what git tracks at HEAD, nothing untracked.
+    git = ['git', '-C', folder, '-c', 'user.name=t', '-c', 'user.email=t@example.com']
+    subprocess.run([*git, 'init', '-q'], check=True)
+    subprocess.run([*git, 'add', 'myproduct/api', 'myproduct/__init__.py'], check=True)
+    subprocess.run([*git, 'commit', '-q', '-m', 'tracked'], check=True)
+    run = fab('deploy', host.address, inventory=tracked)
+    assert run.returncode == 0, run.output
+    assert host.ssh(f'test -e {shipped}/.env', key=lab.key, check=False).returncode == 1
+    assert host.ssh(writable, key=lab.key).stdout == ''
+    assert host.ssh(f'stat -c %U:%G:%a {shipped}/api/v0/echo.py', key=lab.key).stdout.strip() == 'root:root:644'
+    assert host.ssh(f'python3 -c {shlex.quote(READ_ECHO)}', key=lab.key).stdout.strip() == 'tracked'
 
 
 def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deployed, fab, lab, product,
