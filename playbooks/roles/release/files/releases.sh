@@ -5,9 +5,10 @@
 #   releases.sh HOME
 set -eu
 cd "$1/releases"
+# shellcheck disable=SC2012  # release folders are named by hex ids; ls -t orders them by time
 ls -t | while IFS= read -r release; do
     path="$PWD/$release"
-    [ -d "$path" ] && [ ! -L "$path" ] || continue
+    if [ ! -d "$path" ] || [ -L "$path" ]; then continue; fi
     if [ ! -e "$path/.complete" ]; then
         why='incomplete (no .complete: a deploy failed or was killed while making it)'
     elif [ ! -e "$path/venv/.complete" ] || [ ! -x "$path/venv/bin/python" ]; then
