@@ -18,6 +18,7 @@ SYSTEMS = tuple(PYTHONS)
 # What runs on one of them only: the roles' checks of the variables stop the run on the controller
 # the same way on every system, and only systemd brings services up at boot.
 ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
+           'test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them': SYSTEMS[:1],
            'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
@@ -112,10 +113,42 @@ def test_configuration_checks_pass(first_run, host, lab):
 
 def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host, lab):
     for path in ('/opt/myproduct/current/myproduct', '/opt/myproduct/current/venv/bin',
-                 '/opt/myproduct/wheels'):
+                 '/opt/myproduct/wheels', '/opt/myproduct/log'):
         result = host.ssh('sudo', '-u', 'myproduct', 'touch', f'{path}/x', key=lab.key, check=False)
         assert result.returncode != 0 and 'Permission denied' in result.stderr
-    host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/log/x', key=lab.key)
+    host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/shared/x', key=lab.key)
+
+
+# Every log name a root process opens: Supervisor's program logs (stdout_logfile, and the backups of
+# its size rotation), nginx's access and error logs, and what logrotate makes of them.
+LOG_NAMES = '''
+sed -n 's/^stdout_logfile=//p' /etc/supervisor/conf.d/myproduct.conf
+nginx -T 2>/dev/null | sed -n 's/^ *\\(access_log\\|error_log\\) \\([^ ;]*\\).*/\\2/p' | grep /opt/
+'''
+
+
+def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them(first_run, host, lab):
+    """DSA-3701 (CVE-2016-1247) on this deploy: a product with a remote code execution bug swaps
+    the logs root writes for links into /etc, then waits for a reopen."""
+    logs = sorted(set(on_host(host, lab, LOG_NAMES).split()))
+    assert '/opt/myproduct/log/api-8001.log' in logs and '/opt/myproduct/log/nginx-error.log' in logs, logs
+    names = logs + [f'{log}.1' for log in logs] + [f'{log}.2.gz' for log in logs]
+    for number, name in enumerate(names):
+        host.ssh('sudo', '-u', 'myproduct', 'ln', '-sfn', f'/etc/pwned-{number}', name, key=lab.key, check=False)
+    host.ssh('sudo', '-u', 'myproduct', 'sh', '-c', 'mv /opt/myproduct/log /opt/myproduct/shared/ && '
+             'mkdir /opt/myproduct/log', key=lab.key, check=False)
+    # Every reopen: a program's restart, Supervisor's SIGUSR2, nginx's, a forced rotation.
+    on_host(host, lab, 'supervisorctl restart myproduct:myproduct-api-8001 && kill -USR2 "$(supervisorctl pid)" '
+                       '&& nginx -s reopen && logrotate -f /etc/logrotate.d/myproduct')
+    assert post(host.address, '/api/v0/echo/read', ECHO)[0] == 200  # (nginx writes its access log)
+    assert on_host(host, lab, 'ls /etc | grep pwned || true') == ''
+    for log in logs:
+        # A file, not a link, and not the product's (nginx gives the logs it reopens to its workers' user).
+        kind, owner = on_host(host, lab, f'stat -c "%F|%U" {log}').strip().split('|')
+        assert kind.startswith('regular') and owner in ('root', 'www-data'), (log, kind, owner)
+        read = host.ssh('sudo', '-u', 'nobody', 'cat', log, key=lab.key, check=False)
+        assert read.returncode != 0 and 'Permission denied' in read.stderr, log
+    assert on_host(host, lab, 'stat -c "%U %G %a" /opt/myproduct/log').split() == ['root', 'myproduct', '750']
 
 
 # A task of each role a stamp may skip, and whether it runs (ok or changed) when nothing changed.
@@ -214,4 +247,4 @@ def test_the_product_answers_again_after_a_reboot(first_run, host, lab):
     assert on_host(host, lab, 'systemctl is-enabled nginx supervisor').split() == ['enabled', 'enabled']
     assert on_host(host, lab, 'readlink /opt/myproduct/current') == current
     log = on_host(host, lab, 'stat -c "%U %a" /opt/myproduct/log; ls /opt/myproduct/log').split()
-    assert log[:2] == ['myproduct', '755'] and 'api-8001.log' in log, log
+    assert log[:2] == ['root', '750'] and 'api-8001.log' in log, log
