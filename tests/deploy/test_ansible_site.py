@@ -19,6 +19,8 @@ SYSTEMS = tuple(PYTHONS)
 # the same way on every system, and only systemd brings services up at boot.
 ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
            'test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them': SYSTEMS[:1],
+           'test_programs_supervisor_refuses_are_not_left_in_place': SYSTEMS[:1],
+           'test_a_value_with_a_trailing_line_break_fails_naming_it': SYSTEMS[:1],
            'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
@@ -151,6 +153,23 @@ def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_r
     assert on_host(host, lab, 'stat -c "%U %G %a" /opt/myproduct/log').split() == ['root', 'myproduct', '750']
 
 
+def test_programs_supervisor_refuses_are_not_left_in_place(first_run, site, host, lab):
+    """Supervisor refuses its configuration (here for a broken program file of an operator's, beside
+    the product's): new programs are not kept, for Supervisor to refuse at its next start."""
+    programs = 'cat /etc/supervisor/conf.d/myproduct.conf; ls /etc/supervisor/conf.d'
+    before = on_host(host, lab, programs)
+    on_host(host, lab, 'printf "[program:broken]\\n" > /etc/supervisor/conf.d/broken.conf')
+    try:
+        run = site(api_drain_timeout='11')  # a program setting: the programs' file changes
+        assert run.returncode != 0
+        assert 'Supervisor refuses its configuration with the new programs' in run.output
+        assert 'program:broken' in run.output and 'The previous programs are back' in run.output, run.output
+        assert on_host(host, lab, programs) == before.replace('myproduct.conf', 'broken.conf\nmyproduct.conf')
+    finally:
+        on_host(host, lab, 'rm /etc/supervisor/conf.d/broken.conf')
+    assert site().returncode == 0
+
+
 # A task of each role a stamp may skip, and whether it runs (ok or changed) when nothing changed.
 ROLE_TASKS = ('product : Create the product user, without a login shell', 'packages : Install the packages an API host needs',
               "firewall : Check the firewall's ports are port numbers",
@@ -211,6 +230,21 @@ def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, v
     run = site(**{variable: value})
     assert run.returncode != 0
     assert message in ' '.join(run.output.split())  # as one line, however the YAML output wraps it
+    assert run.recap()[host.name]['changed'] == 0
+
+
+# What reaches a configuration or a command line is matched to its end (\\Z): a regular expression's $
+# also matches before a final line break, which would start a line of its own there.
+@pytest.mark.parametrize('variable, value', [
+    ('product_name', 'myproduct\n'), ('product_home', '/opt/myproduct\n'), ('api_host', '127.0.0.1\n'),
+    ('api_max_body', '1m\n'), ('server_name', 'shop.example.com\n'), ('nginx_proxy_read_timeout', '60s\n'),
+    ('nginx_trusted_proxies', ['10.0.0.1\n']), ('supervisor_log_maxbytes', '50MB\n'), ('firewall_table', 'apiphant\n'),
+])
+def test_a_value_with_a_trailing_line_break_fails_naming_it(first_run, site, host, variable, value):
+    run = site('-e', json.dumps({variable: value}))
+    assert run.returncode != 0
+    shown = value.rstrip() if isinstance(value, str) else f"['{value[0].rstrip()}"
+    assert f'{variable}={shown}' in run.output, run.output
     assert run.recap()[host.name]['changed'] == 0
 
 
