@@ -26,7 +26,8 @@ setup(
     # HttpRequestParser (llhttp, strict by default).
     install_requires=['gevent>=23.9,<27', 'ujson>=5.8', 'httptools>=0.6,<0.10'],
     extras_require={
-        'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20'],
+        # cryptography (Fabric's SSH needs it): not_valid_after_utc, for fab status's certificate expiry
+        'deploy': ['fabric>=3.2', 'ansible-core>=2.15', 'virtualenv>=20', 'cryptography>=42'],
         # `--metrics`: GET /metrics in Prometheus's text format, summed over `--workers`
         'metrics': ['prometheus_client>=0.17,<1'],
         'test': ['pytest>=7.4', 'hypothesis>=6.80', 'ansible-lint>=6.20', 'openapi-spec-validator>=0.7',
