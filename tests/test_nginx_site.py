@@ -36,6 +36,13 @@ CHECKED = {'api/health.py': '''
 
     def read(request):
         return {'request_id': apiphant.request_id()}
+''', 'api/v0/forwarded.py': '''
+    from apiphant.server import raw_environ
+
+
+    @raw_environ
+    def read(environ):
+        return {name: environ.get(f'HTTP_X_{name.upper()}') for name in ('forwarded_for', 'forwarded_proto', 'real_ip')}
 '''}
 
 
@@ -45,9 +52,9 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def render(folder, api_ports, nginx_port):
+def render(folder, api_ports, nginx_port, trusted_proxies=()):
     """The role's template, rendered by Ansible with the role's defaults and these ports."""
-    variables = {'product_name': 'shop', 'product_home': str(folder), 'api_ports': api_ports,
+    variables = {'nginx_trusted_proxies': list(trusted_proxies), 'product_name': 'shop', 'product_home': str(folder), 'api_ports': api_ports,
                  'product_behind_lb': False, 'api_host': '127.0.0.1', 'server_name': '_', 'api_max_body': '1m',
                  'nginx_port': nginx_port, 'nginx_upstream_keepalive': 4, 'nginx_upstream_keepalive_timeout': '1s',
                  'nginx_proxy_read_timeout': '10s', 'nginx_tls': 'off', 'nginx_tls_serving': False}
@@ -66,9 +73,10 @@ def render(folder, api_ports, nginx_port):
     return folder / 'nginx.conf'
 
 
-@pytest.fixture
-def site(tmp_path):
-    """nginx on a free loopback port in front of two apiphant ports (one of them never started)."""
+@pytest.fixture(params=[()], ids=['edge'])
+def site(tmp_path, request):
+    """nginx on a free loopback port in front of two apiphant ports (one of them never started); the
+    test's parameter, if any, is nginx_trusted_proxies."""
     for name in ('log', 'tmp'):
         (tmp_path / name).mkdir()
     product = make_product(tmp_path, 'shop', CHECKED)
@@ -78,8 +86,8 @@ def site(tmp_path):
         refusing.bind(('127.0.0.1', 0))
         for _ in range(5):  # nginx cannot listen on port 0: a port chosen free, again if taken meanwhile
             nginx_port = free_port()
-            nginx = start_nginx(render(tmp_path, [refusing.getsockname()[1], api.port], nginx_port), tmp_path,
-                                nginx_port)
+            config = render(tmp_path, [refusing.getsockname()[1], api.port], nginx_port, request.param)
+            nginx = start_nginx(config, tmp_path, nginx_port)
             if nginx is not None:
                 break
         else:
@@ -135,3 +143,21 @@ def test_up_answers_for_the_balancer_without_details_and_metrics_stay_private(si
     assert reply.status_code == 503 and reply.json() == {'status': 'down'}  # never the check's error
     assert requests.get(f'{url}/metrics', timeout=10).status_code == 404
     assert requests.post(f'{url}/up', timeout=10).status_code == 403
+
+
+FORGED = {'X-Forwarded-For': '203.0.113.7', 'X-Forwarded-Proto': 'https', 'X-Real-IP': '203.0.113.8'}
+
+
+def test_at_the_edge_the_api_sees_the_connections_address_and_scheme_not_the_clients_claims(site):
+    url, _, _ = site
+    reply = requests.get(f'{url}/api/v0/forwarded/read', headers=FORGED, timeout=10)
+    assert reply.json() == {'forwarded_for': '127.0.0.1', 'forwarded_proto': 'http', 'real_ip': '127.0.0.1'}
+
+
+@pytest.mark.parametrize('site', [['127.0.0.0/8']], ids=['behind a trusted proxy'], indirect=True)
+def test_behind_a_trusted_proxy_the_api_sees_the_address_and_scheme_it_forwarded(site):
+    url, _, _ = site
+    reply = requests.get(f'{url}/api/v0/forwarded/read', timeout=10,
+                         headers={**FORGED, 'X-Forwarded-For': '198.51.100.1, 203.0.113.7'})
+    # The last address the proxy added is the client's; the client's own claims before it are not.
+    assert reply.json() == {'forwarded_for': '203.0.113.7', 'forwarded_proto': 'https', 'real_ip': '203.0.113.7'}

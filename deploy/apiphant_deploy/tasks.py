@@ -13,7 +13,8 @@ logs, fast failure, one line per step.
                              saying whose it was
     fab history HOST         the audit trail: every deploy, rollback, restart and unlock
     fab status HOST          releases (current marked), supervisor programs, last log lines,
-                             the last lines of the audit trail
+                             the last lines of the audit trail, the certificate's expiry date
+                             (a warning under 14 days)
     fab logs HOST            the API, background and nginx logs (--follow to keep reading);
                              --request ID: every line of that request, in every port's log
 
@@ -38,14 +39,17 @@ import os
 import re
 import shutil
 import sys
+from datetime import datetime, timedelta, timezone
 from shlex import quote
 from pathlib import Path
 
+from cryptography import x509
 from fabric import Connection, task
 from invoke.exceptions import Exit
 from paramiko import RejectPolicy, SSHException
 
 CONNECT_TIMEOUT = 10
+CERTIFICATE_WARN_DAYS = 14
 REQUEST_ID = re.compile(r'[A-Za-z0-9._-]{1,128}')  # what nginx and apiphant pass on as an X-Request-ID
 # The configuration a fabfile gets from namespace(), before its fabric.yaml and the environment.
 DEFAULTS = {'inventory': 'inventory.ini', 'playbooks': 'apiphant.deploy'}
@@ -274,7 +278,8 @@ def restart(c, host=None, ask_vault_pass=False):
 
 @host_task
 def status(c, host=None, ask_vault_pass=False):
-    """Releases (current marked with *), supervisor program states and the last log lines."""
+    """Releases (current marked with *), supervisor program states, the last log lines and runs, and
+    the expiry of the site's certificate (a warning under 14 days)."""
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
@@ -291,6 +296,32 @@ def status(c, host=None, ask_vault_pass=False):
         print(target.run(f'tail -n 3 {quote(target.home)}/log/*.log').stdout.rstrip())
         step(target.name, 'last runs (fab history for all):')
         print(target.run(f'tail -n 5 {quote(target.home)}/audit.log').stdout.rstrip() or '  (none yet)')
+        certificate_expiry(target)
+
+
+def certificate_expiry(target):
+    """The expiry of the certificate the host's nginx site serves, with a warning under
+    CERTIFICATE_WARN_DAYS days left (Let's Encrypt no longer writes when one nears its end). Read
+    here, with the cryptography package Fabric's SSH needs: a host need not have openssl."""
+    sites = target.variables.get('nginx_sites_available', '/etc/nginx/sites-available')
+    site = target.run(f'cat {quote(f"{sites}/{target.product}.conf")}')
+    if site.failed:
+        return  # an API host behind load balancers: no nginx site here
+    path = re.search(r'^\s*ssl_certificate\s+(\S+);', site.stdout, re.M)
+    if not path:
+        step(target.name, 'certificate: none (tls=off)')
+        return
+    try:
+        ends = x509.load_pem_x509_certificate(target.run(f'cat {quote(path.group(1))}').stdout.encode()).not_valid_after_utc
+    except ValueError as error:
+        step(target.name, f'certificate {path.group(1)}: cannot read it: {error}')
+        return
+    left = ends - datetime.now(timezone.utc)
+    when = f'in {left.days} days' if left > timedelta(0) else 'EXPIRED'
+    step(target.name, f'certificate {path.group(1)}: expires {ends:%Y-%m-%d %H:%M} UTC, {when}')
+    if left < timedelta(days=CERTIFICATE_WARN_DAYS):
+        step(target.name, f'WARNING: the certificate expires in less than {CERTIFICATE_WARN_DAYS} days: renew it '
+                          f'(tls=acme renews by itself when due: see certbot\'s log, /var/log/letsencrypt/)')
 
 
 @host_task

@@ -76,9 +76,10 @@ class Pebble:
 
 
 class DomainConnection(http.client.HTTPSConnection):
-    """HTTPS to a test host for `name`, its certificate verified against pebble's root; one request
-    per connection, as nginx closes a keep-alive connection idle at a reload (which HTTP clients
-    retry), so every request sent must be answered."""
+    """HTTPS to a test host for `name` (in the handshake and the Host header: nginx answers no other
+    name), its certificate verified against pebble's root; one request per connection, as nginx
+    closes a keep-alive connection idle at a reload (which HTTP clients retry), so every request
+    sent must be answered."""
 
     def __init__(self, host, root, name):
         self.tls = ssl.create_default_context(cafile=str(root))
@@ -90,7 +91,7 @@ class DomainConnection(http.client.HTTPSConnection):
         self.sock = self.tls.wrap_socket(raw, server_hostname=self.name)
 
     def request(self, method, url, body=None, headers=None, **options):
-        super().request(method, url, body, {**(headers or {}), 'Connection': 'close'}, **options)
+        super().request(method, url, body, {**(headers or {}), 'Host': self.name, 'Connection': 'close'}, **options)
 
 
 def served_certificate(host, root, name):

@@ -18,8 +18,10 @@ SYSTEMS = tuple(PYTHONS)
 # What runs on one of them only: the roles' checks of the variables stop the run on the controller
 # the same way on every system, and only systemd brings services up at boot.
 ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
-           'test_a_string_with_a_trailing_newline_fails_naming_it': SYSTEMS[:1],
            'test_check_mode_runs_through_and_changes_nothing': SYSTEMS[:1],
+           'test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them': SYSTEMS[:1],
+           'test_programs_supervisor_refuses_are_not_left_in_place': SYSTEMS[:1],
+           'test_a_value_with_a_trailing_line_break_fails_naming_it': SYSTEMS[:1],
            'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
@@ -114,10 +116,59 @@ def test_configuration_checks_pass(first_run, host, lab):
 
 def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host, lab):
     for path in ('/opt/myproduct/current/myproduct', '/opt/myproduct/current/venv/bin',
-                 '/opt/myproduct/wheels'):
+                 '/opt/myproduct/wheels', '/opt/myproduct/log'):
         result = host.ssh('sudo', '-u', 'myproduct', 'touch', f'{path}/x', key=lab.key, check=False)
         assert result.returncode != 0 and 'Permission denied' in result.stderr
-    host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/log/x', key=lab.key)
+    host.ssh('sudo', '-u', 'myproduct', 'touch', '/opt/myproduct/shared/x', key=lab.key)
+
+
+# Every log name a root process opens: Supervisor's program logs (stdout_logfile, and the backups of
+# its size rotation), nginx's access and error logs, and what logrotate makes of them.
+LOG_NAMES = '''
+sed -n 's/^stdout_logfile=//p' /etc/supervisor/conf.d/myproduct.conf
+nginx -T 2>/dev/null | sed -n 's/^ *\\(access_log\\|error_log\\) \\([^ ;]*\\).*/\\2/p' | grep /opt/
+'''
+
+
+def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them(first_run, host, lab):
+    """DSA-3701 (CVE-2016-1247) on this deploy: a product with a remote code execution bug swaps
+    the logs root writes for links into /etc, then waits for a reopen."""
+    logs = sorted(set(on_host(host, lab, LOG_NAMES).split()))
+    assert '/opt/myproduct/log/api-8001.log' in logs and '/opt/myproduct/log/nginx-error.log' in logs, logs
+    names = logs + [f'{log}.1' for log in logs] + [f'{log}.2.gz' for log in logs]
+    for number, name in enumerate(names):
+        host.ssh('sudo', '-u', 'myproduct', 'ln', '-sfn', f'/etc/pwned-{number}', name, key=lab.key, check=False)
+    host.ssh('sudo', '-u', 'myproduct', 'sh', '-c', 'mv /opt/myproduct/log /opt/myproduct/shared/ && '
+             'mkdir /opt/myproduct/log', key=lab.key, check=False)
+    # Every reopen: a program's restart, Supervisor's SIGUSR2, nginx's, a forced rotation.
+    on_host(host, lab, 'supervisorctl restart myproduct:myproduct-api-8001 && kill -USR2 "$(supervisorctl pid)" '
+                       '&& nginx -s reopen && logrotate -f /etc/logrotate.d/myproduct')
+    assert post(host.address, '/api/v0/echo/read', ECHO)[0] == 200  # (nginx writes its access log)
+    assert on_host(host, lab, 'ls /etc | grep pwned || true') == ''
+    for log in logs:
+        # A file, not a link, and not the product's (nginx gives the logs it reopens to its workers' user).
+        kind, owner = on_host(host, lab, f'stat -c "%F|%U" {log}').strip().split('|')
+        assert kind.startswith('regular') and owner in ('root', 'www-data'), (log, kind, owner)
+        read = host.ssh('sudo', '-u', 'nobody', 'cat', log, key=lab.key, check=False)
+        assert read.returncode != 0 and 'Permission denied' in read.stderr, log
+    assert on_host(host, lab, 'stat -c "%U %G %a" /opt/myproduct/log').split() == ['root', 'myproduct', '750']
+
+
+def test_programs_supervisor_refuses_are_not_left_in_place(first_run, site, host, lab):
+    """Supervisor refuses its configuration (here for a broken program file of an operator's, beside
+    the product's): new programs are not kept, for Supervisor to refuse at its next start."""
+    programs = 'cat /etc/supervisor/conf.d/myproduct.conf; ls /etc/supervisor/conf.d'
+    before = on_host(host, lab, programs)
+    on_host(host, lab, 'printf "[program:broken]\\n" > /etc/supervisor/conf.d/broken.conf')
+    try:
+        run = site(api_drain_timeout='11')  # a program setting: the programs' file changes
+        assert run.returncode != 0
+        assert 'Supervisor refuses its configuration with the new programs' in run.output
+        assert 'program:broken' in run.output and 'The previous programs are back' in run.output, run.output
+        assert on_host(host, lab, programs) == before.replace('myproduct.conf', 'broken.conf\nmyproduct.conf')
+    finally:
+        on_host(host, lab, 'rm /etc/supervisor/conf.d/broken.conf')
+    assert site().returncode == 0
 
 
 # A task of each role a stamp may skip, and whether it runs (ok or changed) when nothing changed.
@@ -186,21 +237,32 @@ def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, v
     assert run.recap()[host.name]['changed'] == 0
 
 
-@pytest.mark.parametrize('variable', ['product_home', 'api_host', 'supervisor_conf_dir'])
-def test_a_string_with_a_trailing_newline_fails_naming_it(first_run, site, host, variable):
-    """Ansible's match with `$` accepts a trailing newline; the checks end with \\Z."""
-    value = {'product_home': '/opt/myproduct', 'api_host': '127.0.0.1', 'supervisor_conf_dir': '/etc/supervisor/conf.d'}
-    run = site('-e', json.dumps({variable: value[variable] + '\n'}))
-    assert run.returncode != 0
-    assert f'{variable}={json.dumps(value[variable] + chr(10))}' in run.output, run.output
-    assert run.recap()[host.name]['changed'] == 0
-
-
 def test_check_mode_runs_through_and_changes_nothing(first_run, site, host):
     for extra in ([], ['-e', 'apiphant_full=true']):  # the stamps skipping the roles, then every role
         run = site('--check', *extra)
         assert run.returncode == 0, run.output
         assert run.recap()[host.name]['changed'] == 0, run.output
+
+
+# What reaches a configuration or a command line is matched to its end (\\Z): a regular expression's $
+# (Ansible's match) also matches before a final line break, which would start a line of its own there.
+@pytest.mark.parametrize('variable, value, shown', [
+    ('product_name', 'myproduct\n', 'product_name=myproduct'),
+    ('product_home', '/opt/myproduct\n', 'product_home="/opt/myproduct\\n"'),
+    ('api_host', '127.0.0.1\n', 'api_host="127.0.0.1\\n"'),
+    ('api_max_body', '1m\n', 'api_max_body=1m'),
+    ('server_name', 'shop.example.com\n', 'server_name=shop.example.com'),
+    ('nginx_proxy_read_timeout', '60s\n', 'nginx_proxy_read_timeout=60s'),
+    ('nginx_trusted_proxies', ['10.0.0.1\n'], "nginx_trusted_proxies=['10.0.0.1"),
+    ('supervisor_log_maxbytes', '50MB\n', 'supervisor_log_maxbytes=50MB'),
+    ('supervisor_conf_dir', '/etc/supervisor/conf.d\n', 'supervisor_conf_dir="/etc/supervisor/conf.d\\n"'),
+    ('firewall_table', 'apiphant\n', 'firewall_table=apiphant'),
+])
+def test_a_value_with_a_trailing_line_break_fails_naming_it(first_run, site, host, variable, value, shown):
+    run = site('-e', json.dumps({variable: value}))
+    assert run.returncode != 0
+    assert shown in run.output, run.output
+    assert run.recap()[host.name]['changed'] == 0
 
 
 def test_the_virtualenv_has_wheels_for_the_hosts_own_python(first_run, host, lab, system):
@@ -236,4 +298,4 @@ def test_the_product_answers_again_after_a_reboot(first_run, host, lab):
     assert on_host(host, lab, 'systemctl is-enabled nginx supervisor').split() == ['enabled', 'enabled']
     assert on_host(host, lab, 'readlink /opt/myproduct/current') == current
     log = on_host(host, lab, 'stat -c "%U %a" /opt/myproduct/log; ls /opt/myproduct/log').split()
-    assert log[:2] == ['myproduct', '755'] and 'api-8001.log' in log, log
+    assert log[:2] == ['root', '750'] and 'api-8001.log' in log, log

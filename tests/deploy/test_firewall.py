@@ -113,7 +113,7 @@ def test_a_plain_host_is_refused_the_api_ports_but_reaches_ssh(deployed, roles, 
 def test_a_second_run_changes_nothing(deployed, fleet, roles):
     plain, lb, api = roles
     run = fleet('-e', 'apiphant_full=true')  # every role runs, as the first time: none changes a thing
-    assert all(run.outcome('firewall : Write the firewall rules, checked by nft before they replace the file', host.name)
+    assert all(run.outcome('firewall : Write the firewall rules to try, checked by nft', host.name)
                == 'ok' for host in api)
     recap = run.recap()
     assert {host.name: recap[host.name]['changed'] for host in (lb, *api)} == dict.fromkeys(
@@ -208,3 +208,26 @@ def test_host_firewall_admits_ssh_http_https_and_listed_ports_only(playbook, lab
     finally:
         if pids:
             host.ssh('kill', *pids, key=lab.key)
+
+
+def test_rules_that_shut_ssh_out_undo_themselves(playbook, lab):
+    """sshd answers Ansible on a port its configuration does not name (started with -p, as a port a
+    forward or NAT would give): the rules admit the ports `sshd -T` names, no new SSH connection
+    gets through them, and the host undoes them by itself, before anything is saved for boot."""
+    host = lab.hosts[0]
+    rules = ('nft list ruleset 2>/dev/null; grep -s apiphant /etc/nftables.conf; '
+             'cat /etc/nftables.d/apiphant.nft 2>/dev/null; true')
+    before = host.ssh(rules, key=lab.key).stdout
+    host.ssh('/usr/sbin/sshd -p 2200 -o PidFile=/run/sshd-2200.pid', key=lab.key)
+    try:
+        run = playbook('site.yml', host_firewall='true', ansible_port='2200', firewall_confirm_timeout='20')
+        assert run.returncode != 0
+        assert (f'{host.name}: Wait for a new SSH connection through the new rules failed' in run.output
+                and 'The new firewall rules were not kept: the host is back on its previous ones '
+                    '(the new ones admitted SSH on 22' in ' '.join(run.output.split())), run.output
+        assert reachable_here(host.address, 2200)
+        assert host.ssh(rules, key=lab.key).stdout == before  # running and for boot
+        # The run ended under its own lock, released: the next run takes it at once.
+        assert playbook('site.yml').returncode == 0
+    finally:
+        host.ssh('kill "$(cat /run/sshd-2200.pid)"', key=lab.key)

@@ -1,8 +1,10 @@
-"""HTTPS on a test host: tls=selfsigned and back to off; bad settings. (tls=acme: test_secrets.py,
-which deploys a whole production host in one run; tls=files: test_multi_host.py, on the load
-balancer.)"""
+"""HTTPS on a test host: tls=selfsigned and back to off; tls=files with server_name, HSTS and the
+expiry in fab status, and a key that does not match its certificate; bad settings. (tls=acme:
+test_secrets.py, which deploys a whole production host in one run; tls=files behind load balancers:
+test_multi_host.py.)"""
 
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -64,8 +66,9 @@ def assert_https_only(host, ca_file, name=None):
         handshake(host, ssl.TLSVersion.TLSv1_1, ca_file, name)
 
 
-def make_certificate(folder, address):
-    """A CA of the test's own and a certificate it signed for the host's address."""
+def make_certificate(folder, address, name=None):
+    """A CA of the test's own and a certificate it signed for the host's address (and `name`), valid
+    for two days."""
     def openssl(*args):
         subprocess.run(['openssl', *args], cwd=folder, check=True, capture_output=True, timeout=60)
 
@@ -73,7 +76,7 @@ def make_certificate(folder, address):
             '-keyout', 'ca.key', '-out', 'ca.crt')
     openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', f'/CN={address}', '-keyout', 'site.key',
             '-out', 'site.csr')
-    (folder / 'san.ext').write_text(f'subjectAltName=IP:{address}\n')
+    (folder / 'san.ext').write_text(f'subjectAltName=IP:{address}' + (f',DNS:{name}' if name else '') + '\n')
     openssl('x509', '-req', '-in', 'site.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial',
             '-days', '2', '-extfile', 'san.ext', '-out', 'site.crt')
     return folder / 'ca.crt', folder / 'site.crt', folder / 'site.key'
@@ -85,6 +88,9 @@ def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbo
     certificate = tmp_path / 'selfsigned.crt'
     certificate.write_text(host.ssh('cat', '/etc/nginx/tls/myproduct-selfsigned.crt', key=lab.key).stdout)
     assert_https_only(host, certificate)
+    headers = subprocess.run(['curl', '-sS', '--cacert', str(certificate), '-o', '/dev/null', '-D', '-',
+                              f'https://{host.address}/up'], capture_output=True, text=True, timeout=60).stdout
+    assert headers.startswith('HTTP/1.1 200') and 'strict-transport-security' not in headers.lower(), headers
     # Without the certificate, curl refuses the host: the check above is its verification at work.
     assert curl('--data', ECHO, f'https://{host.address}/api/v0/echo/read')[0] == '000'
     run = playbook('site.yml', tls='off')
@@ -92,6 +98,74 @@ def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbo
     assert testhost.eventually(lambda: curl('--data', ECHO, f'http://{host.address}/api/v0/echo/read')[0] == '200')
     with pytest.raises(ConnectionRefusedError):  # nothing listens on 443 any more
         socket.create_connection((host.address, 443), timeout=30).close()
+
+
+NAME = 'shop.test'
+
+
+def on_host(host, lab, command):
+    return host.ssh(command, key=lab.key).stdout
+
+
+@pytest.fixture(scope='module')
+def files_site(playbook, host, lab, tmp_path_factory):
+    """The host serving tls=files for NAME, with a certificate of two days; back to tls=off after."""
+    ca, certificate, key = make_certificate(tmp_path_factory.mktemp('files'), host.address, NAME)
+    variables = {'tls': 'files', 'tls_certificate': certificate, 'tls_certificate_key': key, 'server_name': NAME}
+    run = playbook('site.yml', **variables)
+    assert run.returncode == 0, run.output
+    yield ca, variables
+    assert playbook('site.yml').returncode == 0
+
+
+def test_files_serves_its_names_only_with_hsts(files_site, host):
+    ca, _ = files_site
+    assert_https_only(host, ca, NAME)
+    resolve = ['--resolve', f'{NAME}:443:{host.address}']
+    headers = subprocess.run(['curl', '-sS', *resolve, '--cacert', str(ca), '-o', '/dev/null', '-D', '-',
+                              f'https://{NAME}/up'], capture_output=True, text=True, timeout=60).stdout
+    assert 'strict-transport-security: max-age=63072000\n' in headers.lower(), headers
+    # Another name, on either port: no answer at all; no TLS handshake for a name not the site's.
+    for url in ('http://other.test/api/v0/echo/read', f'http://{host.address}/api/v0/echo/read'):
+        status, _, error = curl('--resolve', f'other.test:80:{host.address}', '--data', ECHO, url)
+        assert status == '000' and 'Empty reply from server' in error, (url, error)
+    status, _, error = curl('--resolve', f'other.test:443:{host.address}', '-k', 'https://other.test/up')
+    assert status == '000' and 'unrecognized name' in error, error
+    # The site's name in the handshake, another in the Host header: no answer either.
+    status, _, error = curl(*resolve, '--cacert', str(ca), '-H', 'Host: other.test', f'https://{NAME}/up')
+    assert status == '000', error
+
+
+def test_fab_status_shows_the_certificates_expiry_and_warns_under_14_days(files_site, fab, host):
+    status = fab('status', host.address)
+    assert status.returncode == 0, status.output
+    expiry = re.search(r'certificate /etc/nginx/tls/myproduct.crt: expires (\S+) \S+ UTC, in ([01]) days',
+                       status.output)
+    assert expiry, status.output
+    assert 'WARNING: the certificate expires in less than 14 days' in status.output
+
+
+def test_a_key_that_does_not_match_its_certificate_fails_and_the_site_keeps_serving_the_previous_pair(
+        files_site, playbook, host, lab):
+    ca, variables = files_site
+    files = 'sha256sum /etc/nginx/tls/myproduct.crt /etc/nginx/tls/myproduct.key /etc/nginx/sites-available/myproduct.conf'
+    served = on_host(host, lab, files)
+    key = variables['tls_certificate_key']
+    kept = key.read_bytes()
+    # Another key at the same path, as a key replaced in place: the stamps hash what the file holds.
+    subprocess.run(['openssl', 'genrsa', '-out', str(key), '2048'], check=True, capture_output=True, timeout=60)
+    try:
+        for _ in range(2):  # a failed run is stamped as nothing: the next one checks again, and fails again
+            run = playbook('site.yml', **variables)
+            assert run.returncode != 0
+            assert 'key values mismatch' in run.output and "The site's files are back as they were" in run.output, \
+                run.output
+            assert on_host(host, lab, files) == served
+            host.ssh('nginx', '-t', key=lab.key)
+            assert curl('--resolve', f'{NAME}:443:{host.address}', '--cacert', str(ca), '--data', ECHO,
+                        f'https://{NAME}/api/v0/echo/read')[0] == '200'
+    finally:
+        key.write_bytes(kept)
 
 
 # Each stops the run before the deploy lock is taken: the host stays as it was.
