@@ -121,7 +121,7 @@ class App:
     def __call__(self, environ, start_response):
         """PEP 3333, for any WSGI server and the in-process test client."""
         return self.answer(environ['REQUEST_METHOD'], environ['PATH_INFO'], BODY_REFUSED in environ, environ,
-                           start_response, environ.get(RAISE_EXCEPTIONS, False))
+                           start_response)
 
     def serve_request(self, request, start_response):
         """apiphant's server calls this instead of the WSGI callable, with its parsed request
@@ -130,7 +130,7 @@ class App:
         environ. The answer is the same as through WSGI."""
         return self.answer(request.method, request.path, request.body_refused, request, start_response)
 
-    def answer(self, method, path, refused, source, start_response, raise_exceptions=False):
+    def answer(self, method, path, refused, source, start_response):
         """The answer to `method` on `path`; `source` is the environ (WSGI), or apiphant's server's
         request, which reads as one through its `environ` and holds its body whole."""
         route = self.routes.get(path)
@@ -162,7 +162,7 @@ class App:
         except ApiError as error:
             return self.error(method, start_response, error)
         except Exception:
-            if raise_exceptions:
+            if isinstance(source, dict) and source.get(RAISE_EXCEPTIONS):
                 raise
             log.exception('500 on %s', path)
             return self.error(method, start_response, ApiError(500))
