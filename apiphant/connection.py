@@ -94,7 +94,7 @@ class State:
     in_flight: int = 0
     served: int = 0  # answers since the last fairness yield (see Connection._answer)
     # The app's direct entry, which takes a Request instead of an environ (apiphant's App has one;
-    # a middleware around it has none, and is called through WSGI).
+    # a middleware around it has none, and is called through WSGI); found when the State is made.
     serve_request: Callable | None = field(init=False, default=None)
 
     def __post_init__(self):
