@@ -1,7 +1,8 @@
 """The WSGI callable: path -> route, body -> request, action's result -> JSON, every error -> JSON.
 
-It is a plain WSGI app, so it runs under apiphant's server, under the in-process test client, or
-under any other WSGI server; limits it enforces (body size) do not depend on the server.
+It is a plain WSGI app, so it runs under the in-process test client or under any other WSGI
+server; apiphant's own server calls it directly (`App.serve_request`), without a PEP 3333 environ
+unless an action asks for one. Limits it enforces (body size) do not depend on the server.
 """
 
 import json
@@ -118,18 +119,32 @@ class App:
         self.max_body = max_body
 
     def __call__(self, environ, start_response):
-        route = self.routes.get(environ['PATH_INFO'])
+        """PEP 3333, for any WSGI server and the in-process test client."""
+        return self.answer(environ['REQUEST_METHOD'], environ['PATH_INFO'], BODY_REFUSED in environ, environ,
+                           start_response)
+
+    def serve_request(self, request, start_response):
+        """apiphant's server calls this instead of the WSGI callable, with its parsed request
+        (apiphant.connection.Request: `method`, `path`, `body` bytes, `body_refused`, and an
+        `environ` made only when asked for), so a request to an action that is not raw builds no
+        environ. The answer is the same as through WSGI."""
+        return self.answer(request.method, request.path, request.body_refused, request, start_response)
+
+    def answer(self, method, path, refused, source, start_response):
+        """The answer to `method` on `path`; `source` is the environ (WSGI), or apiphant's server's
+        request, which reads as one through its `environ` and holds its body whole."""
+        route = self.routes.get(path)
         try:
-            if BODY_REFUSED in environ:
+            if refused:
                 raise ApiError(413)
             if route is None:
                 raise ApiError(404)
             if route.raw_environ:
-                request = environ
-            elif environ['REQUEST_METHOD'] != 'POST':
+                request = source if isinstance(source, dict) else source.environ
+            elif method != 'POST':
                 raise ApiError(405)
             else:
-                request = parse_request(self.read_body(environ))
+                request = parse_request(self.read_body(source))
             if route.raw_response:
                 return route.action(request, start_response)
             result = route.action(request)
@@ -142,23 +157,27 @@ class App:
                 body = encode(result)
             except NotJson as error:
                 # Its traceback would show only the encoder; what helps is where the value is and what.
-                log.error('500 on %s: the result holds a value without a JSON form: %s', environ['PATH_INFO'], error)
+                log.error('500 on %s: the result holds a value without a JSON form: %s', path, error)
                 raise ApiError(500) from None
         except ApiError as error:
-            return self.error(environ, start_response, error)
+            return self.error(method, start_response, error)
         except Exception:
-            if environ.get(RAISE_EXCEPTIONS):
+            if isinstance(source, dict) and source.get(RAISE_EXCEPTIONS):
                 raise
-            log.exception('500 on %s', environ['PATH_INFO'])
-            return self.error(environ, start_response, ApiError(500))
+            log.exception('500 on %s', path)
+            return self.error(method, start_response, ApiError(500))
         start_response('200 OK', [('Content-Type', 'application/json'),
                                   ('Content-Length', str(len(body)))])
-        return _content(environ, body)
+        return _content(method, body)
 
-    def read_body(self, environ):
+    def read_body(self, source):
         """The body, at most max_body bytes: a larger one is refused before it is read."""
-        length = environ.get('CONTENT_LENGTH')
-        stream = environ['wsgi.input']
+        if not isinstance(source, dict):  # apiphant's server's request: read whole, up to the server's limit
+            if len(source.body) > self.max_body:
+                raise ApiError(413)
+            return source.body
+        length = source.get('CONTENT_LENGTH')
+        stream = source['wsgi.input']
         if length:
             try:
                 length = int(length)
@@ -173,7 +192,7 @@ class App:
         return body
 
     @staticmethod
-    def error(environ, start_response, error):
+    def error(method, start_response, error):
         body = encode(error.body, default=str)  # an `explain` of any type still reaches the client
         headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body))), *error.headers]
         if error.status_code == 405:
@@ -181,12 +200,12 @@ class App:
         elif error.status_code == 413:
             headers.append(('Connection', 'close'))
         start_response(error.status, headers, sys.exc_info())
-        return _content(environ, body)
+        return _content(method, body)
 
 
-def _content(environ, body):
+def _content(method, body):
     """A HEAD gets the headers a POST would, its Content-Length included, but no content (RFC 9110)."""
-    return [] if environ['REQUEST_METHOD'] == 'HEAD' else [body]
+    return [] if method == 'HEAD' else [body]
 
 
 def load(product, max_body=MAX_BODY):

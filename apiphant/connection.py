@@ -93,6 +93,12 @@ class State:
     draining: bool = False
     in_flight: int = 0
     served: int = 0  # answers since the last fairness yield (see Connection._answer)
+    # The app's direct entry, which takes a Request instead of an environ (apiphant's App has one;
+    # a middleware around it has none, and is called through WSGI); found when the State is made.
+    serve_request: Callable | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        self.serve_request = getattr(self.app, 'serve_request', None)
 
 
 class _Refused(Exception):
@@ -100,23 +106,61 @@ class _Refused(Exception):
 
 
 class Request:
-    """One request as parsed: its head, its body read whole, its environ."""
+    """One request as parsed: its head, its body read whole, its PEP 3333 environ made only when asked.
 
-    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'environ', 'method', 'keep_alive', 'head_done',
-                 'in_trailer', 'id')
+    An app with a `serve_request(request, start_response)` method (apiphant's App) is handed this
+    object instead of an environ: it reads `method`, `path`, `body` and `body_refused`, and asks
+    for `environ` only when an action wants it (raw_environ). Any other WSGI app, and the server's
+    own endpoints, get `environ`: building a dict of a dozen keys and a key per header, for every
+    request, was the largest cost of the server besides the socket.
+    """
 
-    def __init__(self, started):
+    __slots__ = ('url', 'headers', 'body', 'size', 'started', 'base', 'method', 'path', 'query', 'protocol',
+                 'client_id', 'body_refused', 'keep_alive', 'head_done', 'in_trailer', 'id', '_environ')
+
+    def __init__(self, started, base):
         self.url = b''
         self.headers = []
-        self.body = []
+        self.body = []  # the chunks as read, then (once complete) the body's bytes
         self.size = 0
         self.started = started
-        self.environ = None
+        self.base = base  # what its environ starts from (the connection's)
         self.method = ''
+        self.path = ''  # PATH_INFO: percent-decoded, latin-1
+        self.query = ''
+        self.protocol = 'HTTP/1.1'
+        self.client_id = None  # the X-Request-ID the client sent (as the environ would hold it)
+        self.body_refused = False  # over the limit, and not read: the app answers 413
         self.keep_alive = False
         self.head_done = False
         self.in_trailer = False  # a chunk header came, and no data after it yet: maybe the last chunk's
         self.id = requestid.NONE
+        self._environ = None
+
+    @property
+    def environ(self):
+        """The PEP 3333 environ a WSGI server would pass, made on first use: the request ID in use
+        in HTTP_X_REQUEST_ID, the body in `wsgi.input`, BODY_REFUSED set when it was refused."""
+        environ = self._environ
+        if environ is None:
+            environ = self._environ = self.base.copy()
+            for name, value in self.headers:
+                key = _WSGI_NAMES.get(name) or _wsgi_name(name)
+                if key[0] == 'H':
+                    text = value.decode('latin-1')
+                    environ[key] = environ[key] + ',' + text if key in environ else text
+                elif key == 'CONTENT_TYPE':
+                    environ[key] = value.decode('latin-1')
+            environ[requestid.HEADER] = self.id
+            environ['REQUEST_METHOD'] = self.method
+            environ['PATH_INFO'] = self.path
+            environ['QUERY_STRING'] = self.query
+            environ['SERVER_PROTOCOL'] = self.protocol
+            environ['CONTENT_LENGTH'] = str(len(self.body))
+            environ['wsgi.input'] = io.BytesIO(self.body)
+            if self.body_refused:
+                environ[BODY_REFUSED] = True
+        return environ
 
 
 class Connection:
@@ -151,7 +195,7 @@ class Connection:
         if self.resuming:
             return
         now = time.monotonic()
-        self.request = Request(now)
+        self.request = Request(now, self.environ)
         self.began = True
         self.head_bytes = 0
         self.idle_since = None
@@ -180,31 +224,28 @@ class Connection:
         version = parser.get_http_version()
         if version not in _PROTOCOLS:
             self._refuse(400, f'HTTP version {version}')
-        environ = self.environ.copy()
-        length = None
+        length = host = None
         codings = []
         expect = b''
         for name, value in request.headers:
             key = _WSGI_NAMES.get(name) or _wsgi_name(name)
-            if key[0] == 'H':
-                text = value.decode('latin-1')
-                if key in environ:
-                    if key == 'HTTP_HOST':
-                        self._refuse(400, 'two Host fields')
-                    environ[key] = environ[key] + ',' + text
-                else:
-                    environ[key] = text
-                if key == 'HTTP_EXPECT':
-                    expect = value.lower()
+            if key not in _READ_HERE:
+                continue  # (the environ, when one is asked for, reads the others)
+            if key == 'HTTP_HOST':
+                if host is not None:
+                    self._refuse(400, 'two Host fields')
+                host = value.decode('latin-1')
             elif key == 'CONTENT_LENGTH':
                 length = int(value)  # llhttp has checked it is digits, and the only one
             elif key == 'TRANSFER_ENCODING':
                 codings.append(value)
-            elif key == 'CONTENT_TYPE':
-                environ[key] = value.decode('latin-1')
+            elif key == 'HTTP_EXPECT':
+                expect = value.lower()
+            else:  # two X-Request-IDs join as the environ joins them: not a well-formed ID
+                text = value.decode('latin-1')
+                request.client_id = text if request.client_id is None else request.client_id + ',' + text
         if codings and (len(codings) > 1 or codings[0].lower() != b'chunked'):
             self._refuse(400, f'unsupported Transfer-Encoding {b", ".join(codings).decode("latin-1")!r}')
-        host = environ.get('HTTP_HOST')
         if host is None:
             if version == '1.1':
                 self._refuse(400, 'no Host')
@@ -216,11 +257,9 @@ class Connection:
         path, _, query = request.url.partition(b'?')
         if path[:1] != b'/' and b'://' in path:  # absolute-form, as sent to proxies
             path = b'/' + path.split(b'://', 1)[1].partition(b'/')[2]
-        environ['REQUEST_METHOD'] = method
-        environ['PATH_INFO'] = (unquote_to_bytes(path) if b'%' in path else path).decode('latin-1')
-        environ['QUERY_STRING'] = query.decode('latin-1')
-        environ['SERVER_PROTOCOL'] = _PROTOCOLS[version]
-        request.environ = environ
+        request.path = (unquote_to_bytes(path) if b'%' in path else path).decode('latin-1')
+        request.query = query.decode('latin-1')
+        request.protocol = _PROTOCOLS[version]
         if length is not None and length > self.state.max_body:
             self._refuse_body(f'Content-Length {length}')
         self.continue_wanted = expect == b'100-continue' and version == '1.1' and bool(length or codings)
@@ -254,10 +293,7 @@ class Connection:
 
     def _complete(self, body, keep_alive):
         request = self.request
-        request.body = None
-        environ = request.environ
-        environ['CONTENT_LENGTH'] = str(len(body))
-        environ['wsgi.input'] = io.BytesIO(body)
+        request.body = body
         request.keep_alive = keep_alive
         self.ready.append(request)
         self.request = None
@@ -266,7 +302,7 @@ class Connection:
     def _refuse_body(self, reason):
         """Stop reading: the app answers this request with 413 (see the module docstring)."""
         log.info('body refused from %s: %s', self.address[0], reason)
-        self.request.environ[BODY_REFUSED] = True
+        self.request.body_refused = True
         self._complete(b'', False)
         self.linger = True
         raise _Refused(reason)
@@ -357,7 +393,7 @@ class Connection:
                 break
         if keep_alive:
             if self.refusal:
-                Exchange(self.request or Request(time.monotonic()), self).refuse(self.refusal)
+                Exchange(self.request or Request(time.monotonic(), self.environ), self).refuse(self.refusal)
                 keep_alive = False
             elif self.continue_wanted:
                 self.output.append(_CONTINUE)
@@ -426,6 +462,8 @@ class Connection:
             pass
 
 
+# The fields the server itself reads while parsing (framing, Host, 100-continue, the request ID).
+_READ_HERE = frozenset({'HTTP_HOST', 'CONTENT_LENGTH', 'TRANSFER_ENCODING', 'HTTP_EXPECT', requestid.HEADER})
 _WSGI_NAMES = {}  # header name as sent -> its environ key; bounded, as clients choose the names
 _WSGI_NAMES_MAX = 4096
 _WSGI_NAME_CACHED = 64  # longest name kept

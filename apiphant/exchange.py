@@ -125,27 +125,34 @@ class Exchange:
         `last`: no other request of the read waits, so a drain that began while the action ran
         closes after this answer."""
         state = self.connection.state
-        environ = self.request.environ
-        request_id = environ.get(requestid.HEADER)
+        request = self.request
+        request_id = request.client_id
         if request_id is None or not requestid.is_well_formed(request_id):
-            request_id = environ[requestid.HEADER] = state.request_ids()
-        self.request.id = request_id
+            request_id = state.request_ids()
+        request.id = request_id
         token = requestid.current.set(request_id)
         state.in_flight += 1
         try:
-            return self._call(state.endpoints.get(environ['PATH_INFO'], state.app), last)
+            return self._call(state.endpoints.get(request.path), last)
         finally:
             state.in_flight -= 1
             requestid.current.reset(token)
 
-    def _call(self, app, last):
-        environ = self.request.environ
+    def _call(self, endpoint, last):
+        """`endpoint`: the server's own app for this path, or None: the product's, called directly
+        when it offers `serve_request` (see apiphant.connection.Request), else through WSGI."""
+        request, state = self.request, self.connection.state
         try:
-            result = app(environ, self.start_response)
+            if endpoint is not None:
+                result = endpoint(request.environ, self.start_response)
+            elif state.serve_request is not None:
+                result = state.serve_request(request, self.start_response)
+            else:
+                result = state.app(request.environ, self.start_response)
         except Exception:
-            log.exception('the application failed on %s', environ['PATH_INFO'])
+            log.exception('the application failed on %s', request.path)
             return self.fail()
-        closing = not self.request.keep_alive or (last and self.connection.state.draining)
+        closing = not request.keep_alive or (last and state.draining)
         try:
             if type(result) is list or type(result) is tuple:
                 if self.status is None:
@@ -153,7 +160,7 @@ class Exchange:
                 return self._buffered(b''.join(self.written) + b''.join(result), closing)
             return self._streamed(result, closing)
         except Exception:
-            log.exception('the application failed on %s', environ['PATH_INFO'])
+            log.exception('the application failed on %s', request.path)
             if self.head_sent:  # part of the answer is out: only a close can tell the client
                 self.connection.output.clear()
                 return False
@@ -195,7 +202,7 @@ class Exchange:
         closing = closing or closing_asked
         if closing:
             text += b'Connection: close\r\n\r\n'
-        elif self.request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
+        elif self.request.protocol == 'HTTP/1.0':
             text += b'Connection: keep-alive\r\n\r\n'
         else:
             text += b'\r\n'
@@ -216,7 +223,7 @@ class Exchange:
             raise RuntimeError('the application returned without calling start_response')
         length = None if has_body(int(self.status[:3])) else 0
         framed = length == 0 or any(name.lower() == 'content-length' for name, _ in self.headers)
-        if not framed and request.environ['SERVER_PROTOCOL'] == 'HTTP/1.0':
+        if not framed and request.protocol == 'HTTP/1.0':
             closing = True  # no chunks in HTTP/1.0: the close ends the body
         head, closing, _ = self._head(length, closing)
         chunked = not framed and not closing
@@ -269,7 +276,7 @@ class Exchange:
         status = self.status[:3]
         duration = time.monotonic() - request.started
         if metrics is not None:
-            metrics.observe(request.environ['PATH_INFO'] if request.environ else '', status, duration)
+            metrics.observe(request.path, status, duration)
         if stream is None:
             return
         path = request.url.decode('latin-1') or '-'

@@ -2,6 +2,7 @@
 and a small WSGI app), no process, no port. Signals, workers and draining stay with the subprocess
 tests (test_server.py, test_load.py)."""
 
+import json
 from urllib.parse import unquote
 
 import gevent
@@ -9,8 +10,10 @@ import httptools
 import pytest
 from gevent import socket
 
+from apiphant.app import App
 from apiphant.connection import Connection, State
 from apiphant.errors import BODY_REFUSED
+from apiphant.routes import Route, raw_environ
 
 from support import http_request
 
@@ -155,3 +158,48 @@ def test_a_205_has_no_content_and_a_zero_length(stub):
     stub.client.sendall(http_request('POST', '/a', b'') + http_request('POST', '/b', b''))
     answers = stub.answers(2)
     assert [(status, headers['content-length'], body) for status, headers, body in answers] == [(205, '0', b'')] * 2
+
+
+class Direct(App):
+    """apiphant's App over a plain and a raw_environ action, keeping the requests it was handed."""
+
+    def __init__(self):
+        def read(request):
+            return {'echo': request}
+
+        @raw_environ
+        def raw(environ):
+            return {key: environ[key] for key in ('REQUEST_METHOD', 'PATH_INFO', 'QUERY_STRING', 'CONTENT_TYPE',
+                                                  'HTTP_X_REQUEST_ID', 'HTTP_X_TWICE', 'SERVER_PROTOCOL',
+                                                  'REMOTE_ADDR')} | {'body': environ['wsgi.input'].read().decode()}
+
+        super().__init__({'/read': Route('/read', read, False, False), '/raw': Route('/raw', raw, True, False)})
+        self.handed = []
+
+    def serve_request(self, request, start_response):
+        self.handed.append(request)
+        return super().serve_request(request, start_response)
+
+    def __call__(self, environ, start_response):
+        raise AssertionError('called through WSGI')
+
+
+def test_an_app_with_serve_request_is_called_directly_and_an_environ_is_made_only_when_asked_for():
+    stub = Stub(Direct())
+    try:
+        stub.client.sendall(http_request('POST', '/read', '{"a": 1}')
+                            + http_request('PUT', '/raw?q=1', 'x', headers=[('Content-Type', 'text/plain'),
+                                                                             ('X-Request-ID', 'abc'),
+                                                                             ('X-Twice', '1'), ('X-Twice', '2')])
+                            + http_request('POST', '/read', 'y' * 2000))
+        (read, plain), (raw, environ), (big, _) = [(status, json.loads(body)) for status, _, body in stub.answers(3)]
+        assert (read, plain) == (200, {'echo': {'a': 1}})
+        assert (raw, environ) == (200, {'REQUEST_METHOD': 'PUT', 'PATH_INFO': '/raw', 'QUERY_STRING': 'q=1',
+                                        'CONTENT_TYPE': 'text/plain', 'HTTP_X_REQUEST_ID': 'abc',
+                                        'HTTP_X_TWICE': '1,2', 'SERVER_PROTOCOL': 'HTTP/1.1',
+                                        'REMOTE_ADDR': '127.0.0.1', 'body': 'x'})
+        assert big == 413  # (over the stub's max_body: refused unread, answered by the App)
+        first, second, third = stub.state.app.handed
+        assert first._environ is None and second._environ is not None and third.body_refused
+    finally:
+        stub.close()
