@@ -54,7 +54,8 @@ def free_port():
 
 def render(folder, api_ports, nginx_port, trusted_proxies=()):
     """The role's template, rendered by Ansible with the role's defaults and these ports."""
-    variables = {'nginx_trusted_proxies': list(trusted_proxies), 'product_name': 'shop', 'product_home': str(folder), 'api_ports': api_ports,
+    variables = {'nginx_trusted_proxies': list(trusted_proxies), 'product_name': 'shop', 'product_home': str(folder),
+                 'api_ports': api_ports,
                  'product_behind_lb': False, 'api_host': '127.0.0.1', 'server_name': '_', 'api_max_body': '1m',
                  'nginx_port': nginx_port, 'nginx_upstream_keepalive': 4, 'nginx_upstream_keepalive_timeout': '1s',
                  'nginx_proxy_read_timeout': '10s', 'nginx_tls': 'off', 'nginx_tls_serving': False}

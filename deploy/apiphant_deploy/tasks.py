@@ -39,9 +39,9 @@ import os
 import re
 import shutil
 import sys
-from datetime import datetime, timedelta, timezone
-from shlex import quote
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from shlex import quote
 
 from cryptography import x509
 from fabric import Connection, task
@@ -312,11 +312,12 @@ def certificate_expiry(target):
         step(target.name, 'certificate: none (tls=off)')
         return
     try:
-        ends = x509.load_pem_x509_certificate(target.run(f'cat {quote(path.group(1))}').stdout.encode()).not_valid_after_utc
+        pem = target.run(f'cat {quote(path.group(1))}').stdout.encode()
+        ends = x509.load_pem_x509_certificate(pem).not_valid_after_utc
     except ValueError as error:
         step(target.name, f'certificate {path.group(1)}: cannot read it: {error}')
         return
-    left = ends - datetime.now(timezone.utc)
+    left = ends - datetime.now(UTC)
     when = f'in {left.days} days' if left > timedelta(0) else 'EXPIRED'
     step(target.name, f'certificate {path.group(1)}: expires {ends:%Y-%m-%d %H:%M} UTC, {when}')
     if left < timedelta(days=CERTIFICATE_WARN_DAYS):

@@ -13,8 +13,9 @@ import ssl
 import subprocess
 import urllib.request
 
-import testhost
 from test_tls import make_certificate
+
+import testhost
 
 
 class Pebble:

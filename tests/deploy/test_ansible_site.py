@@ -172,7 +172,8 @@ def test_programs_supervisor_refuses_are_not_left_in_place(first_run, site, host
 
 
 # A task of each role a stamp may skip, and whether it runs (ok or changed) when nothing changed.
-ROLE_TASKS = ('product : Create the product user, without a login shell', 'packages : Install the packages an API host needs',
+ROLE_TASKS = ('product : Create the product user, without a login shell',
+              'packages : Install the packages an API host needs',
               "firewall : Check the firewall's ports are port numbers",
               "supervisor : Write the product's Supervisor programs", 'nginx : Start nginx',
               "logrotate : Write the logrotate configuration of the product's nginx logs")

@@ -469,8 +469,8 @@ def test_a_changed_program_setting_restarts_one_port_at_a_time_and_a_bad_one_sto
     slower = inventory(lab.hosts[:1], file='drain-12.ini', api_metrics='true', api_drain_timeout='12')
     run = fab('deploy', host.address, inventory=slower)
     assert run.returncode == 0, run.output
-    steps = [run.output.index(f'{step} myproduct-api-{port}') for port in (8001, 8002)
-             for step in ('Apply the Supervisor settings of', 'Restart', 'Wait until GET /up answers 200 on the port of')]
+    each = ('Apply the Supervisor settings of', 'Restart', 'Wait until GET /up answers 200 on the port of')
+    steps = [run.output.index(f'{step} myproduct-api-{port}') for port in (8001, 8002) for step in each]
     assert steps == sorted(steps), run.output  # each port applied, restarted and answering before the next
     assert all(before[port] != pid for port, pid in pids().items())
     assert '--drain-timeout 12' in host.ssh('ps -eo args', key=lab.key).stdout
@@ -496,7 +496,8 @@ def test_fab_refuses_an_unknown_host_key_naming_the_command_that_accepts_it(fab,
     config = lab.workdir / 'fab-ssh-config'
     config.write_text(f'Host *\n    UserKnownHostsFile {known}\n')
     fab_command = [Path(sys.executable).parent / 'fab', '-S', config, 'history', host.address]
-    env = {**lab_environment(lab), 'ANSIBLE_HOST_KEY_CHECKING': 'True', 'FABRIC_INVENTORY': str(fab.keywords['inventory'])}
+    env = {**lab_environment(lab), 'ANSIBLE_HOST_KEY_CHECKING': 'True',
+           'FABRIC_INVENTORY': str(fab.keywords['inventory'])}
     run = command(fab_command, ROOT / 'deploy', env)
     assert run.returncode != 0
     assert (f'[{host.name}] the SSH host key of {host.address}:22 is unknown, so it is refused' in run.output

@@ -50,7 +50,7 @@ def reachable_from(host, lab, targets):
     """{'address:port': True if a TCP connection from `host` gets through, else False}."""
     command = f'python3 -c {shlex.quote(PROBE)} ' + ' '.join(targets)
     lines = host.ssh(command, key=lab.key).stdout.split()
-    return dict(zip(lines[::2], (state == 'open' for state in lines[1::2])))
+    return dict(zip(lines[::2], (state == 'open' for state in lines[1::2]), strict=True))
 
 
 def reachable_here(address, port):

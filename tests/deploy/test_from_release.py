@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import testhost
 from apiphant import __version__
+
+import testhost
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -150,7 +151,8 @@ def test_fab_deploy_serves_the_api_through_nginx(deployed, lab):
 
 def test_the_collections_site_playbook_then_changes_nothing(deployed, shop, user, lab, command):
     # apiphant_full: every role of the installed collection runs again, none skipped by its stamp.
-    run = command(['ansible-playbook', '-i', 'inventory.ini', '-e', 'apiphant_full=true', 'apiphant.deploy.site'], shop, user[1])
+    site = ['ansible-playbook', '-i', 'inventory.ini', '-e', 'apiphant_full=true', 'apiphant.deploy.site']
+    run = command(site, shop, user[1])
     assert run.returncode == 0, run.output[-4000:]
     recap = run.recap()[lab.hosts[0].name]
     assert recap['changed'] == 0 and recap['failed'] == 0, run.output[-4000:]

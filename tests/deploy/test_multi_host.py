@@ -7,7 +7,6 @@ import ssl
 import threading
 
 import pytest
-
 from test_tls import assert_https_only, make_certificate
 
 
@@ -37,7 +36,7 @@ def test_hosts_are_deployed_one_after_another_api_first(deployed, roles):
     lb, api = roles
     starts = [deployed.output.index(f'[{host.name}] deploy: ansible-playbook') for host in (*api, lb)]
     ends = [deployed.output.index(f'[{host.name}] deploy: done') for host in (*api, lb)]
-    assert starts == sorted(starts) and all(end < start for end, start in zip(ends, starts[1:]))
+    assert starts == sorted(starts) and all(end < start for end, start in zip(ends[:-1], starts[1:], strict=True))
 
 
 def test_tls_ends_on_the_load_balancer_with_the_users_certificate(deployed, roles, lab, certificate):

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_fabric_tasks import Load, logs_of
+from test_tls import assert_https_only
 
 import testhost
 from acmeserver import DomainConnection, served_certificate
 from conftest import ANSIBLE_PLAYBOOK, PLAYBOOKS, ROOT
-from test_fabric_tasks import Load, logs_of
-from test_tls import assert_https_only
 
 BIN = Path(sys.executable).parent
 # Random, so finding it anywhere can only be a leak of this run's secret.

@@ -148,7 +148,8 @@ def test_fab_status_shows_the_certificates_expiry_and_warns_under_14_days(files_
 def test_a_key_that_does_not_match_its_certificate_fails_and_the_site_keeps_serving_the_previous_pair(
         files_site, playbook, host, lab):
     ca, variables = files_site
-    files = 'sha256sum /etc/nginx/tls/myproduct.crt /etc/nginx/tls/myproduct.key /etc/nginx/sites-available/myproduct.conf'
+    files = ('sha256sum /etc/nginx/tls/myproduct.crt /etc/nginx/tls/myproduct.key '
+             '/etc/nginx/sites-available/myproduct.conf')
     served = on_host(host, lab, files)
     key = variables['tls_certificate_key']
     kept = key.read_bytes()

@@ -178,7 +178,7 @@ def wait_for_port(host, port, timeout, process=None):
                 raise RuntimeError(f'{process.args[0]} exited ({process.returncode}) before '
                                    f'listening on {host}:{port}') from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f'nothing listens on {host}:{port} after {timeout} s: {error}')
+                raise RuntimeError(f'nothing listens on {host}:{port} after {timeout} s: {error}') from None
             time.sleep(0.1)
 
 

@@ -32,7 +32,7 @@ import socket
 import stat
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MACHINE_IDS = ('/etc/machine-id', '/var/lib/dbus/machine-id')
@@ -87,7 +87,7 @@ def run_pid():
 def holder(action, user, host, pid, now=None):
     """The one line naming a run: user host machine-id pid epoch since action token."""
     now = time.time() if now is None else now
-    since = datetime.fromtimestamp(now, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+    since = datetime.fromtimestamp(now, UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
     return ' '.join(map(str, (user, host, machine_id(), pid, int(now), since, action, secrets.token_hex(8))))
 
 
@@ -95,7 +95,7 @@ def words(line):
     """The fields of a holder line, by name; None for a line that is not one."""
     parts = line.split()
     names = ('user', 'host', 'machine', 'pid', 'epoch', 'since', 'action', 'token')
-    return dict(zip(names, parts)) if len(parts) == len(names) and parts[3].isdigit() else None
+    return dict(zip(names, parts, strict=True)) if len(parts) == len(names) and parts[3].isdigit() else None
 
 
 def stale(held):
@@ -194,7 +194,7 @@ def audit(home, who, action, release, commit, outcome):
     home = Path(home)
     if not release:
         release = os.path.basename(os.readlink(home / 'current')) if (home / 'current').is_symlink() else '-'
-    line = ' '.join((datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'), who, action, release,
+    line = ' '.join((datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ'), who, action, release,
                      commit or '-', outcome))
     fd = os.open(home / 'audit.log', os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
