@@ -245,9 +245,28 @@ def failed_task(output):
 
 
 # Invoke makes a parameter positional only while it has no default, and then requires it; with
-# Fabric's -H the host comes from there instead, so HOST is positional only when -H is not given.
+# Fabric's -H the host comes from there instead, so HOST is positional only when -H is not given;
+# nor when help is asked for (`fab deploy --help`, `fab deploy -h`), which HOST would swallow.
 HOSTS_FLAG = any(arg in ('-H', '--hosts') or arg.startswith(('--hosts=', '-H')) for arg in sys.argv[1:])
-host_task = task(positional=[] if HOSTS_FLAG else ['host'])
+HELP_FLAG = any(arg in ('-h', '--help') for arg in sys.argv[1:])
+# What `fab TASK --help` says of each option, as Kamal's help does.
+OPTION_HELP = {
+    'host': 'an inventory host, its address (user@host:port works) or a group, whose hosts go one '
+            'after another; or Fabric\'s -H HOST before the task',
+    'ask-vault-pass': 'ask once for the password of the inventory\'s ansible-vault files (the '
+                      'secrets) and hand it to every Ansible command on stdin',
+    'full': 'run every role, even those whose stamp proves their inputs unchanged since they converged',
+    'lines': 'how many last lines of each log (default 50)',
+    'follow': 'keep reading the logs as they grow (Ctrl-C ends)',
+    'request': 'show every line of the request with this X-Request-ID, in every log, rotated ones included',
+}
+
+
+def host_task(function):
+    """A task acting on HOST, with its options described and no short flags (-h is help's)."""
+    names = function.__code__.co_varnames[1:function.__code__.co_argcount]
+    return task(positional=[] if HOSTS_FLAG or HELP_FLAG else ['host'], auto_shortflags=False,
+                help={name: OPTION_HELP[name.replace('_', '-')] for name in names})(function)
 
 
 def for_each(c, host, name, what, ask_vault_pass, variables=None):
@@ -259,27 +278,37 @@ def for_each(c, host, name, what, ask_vault_pass, variables=None):
 
 @host_task
 def deploy(c, host=None, ask_vault_pass=False, full=False):
-    """Provision HOST (or each host of a group, one after another) and release the product there;
-    --full runs every role, even those whose stamp proves their inputs unchanged since they converged."""
+    """Provision HOST and release the product there.
+
+    A group deploys its hosts one after another, the API hosts first, then the load balancers.
+    Roles whose stamp proves their inputs unchanged are skipped (--full runs them all); every port
+    not running the release is restarted one at a time, each answering GET /up before the next."""
     for_each(c, host, 'site', 'deploy', ask_vault_pass, {'apiphant_full': 'true' if full else ''})
 
 
 @host_task
 def rollback(c, host=None, ask_vault_pass=False):
-    """Switch HOST back to its previous release, restarting one port at a time."""
+    """Switch HOST back to its newest complete release before current.
+
+    The ports restart one at a time, each answering GET /up before the next; with no complete
+    release to go to, it refuses, naming each release and why."""
     for_each(c, host, 'rollback', 'rollback', ask_vault_pass)
 
 
 @host_task
 def restart(c, host=None, ask_vault_pass=False):
-    """Restart the API processes of HOST one port at a time, each answering before the next."""
+    """Restart the API processes of HOST one port at a time.
+
+    Each port answers GET /up before the next one restarts; the first that does not stops it."""
     for_each(c, host, 'restart', 'rolling restart', ask_vault_pass)
 
 
 @host_task
 def status(c, host=None, ask_vault_pass=False):
-    """Releases (current marked with *), supervisor program states, the last log lines and runs, and
-    the expiry of the site's certificate (a warning under 14 days)."""
+    """Show the releases, programs, last log lines and runs, and the certificate of HOST.
+
+    Releases newest first, current marked with *; Supervisor's program states; the last lines of
+    each log and of the audit trail; the expiry of the site's certificate (a warning under 14 days)."""
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
@@ -327,8 +356,10 @@ def certificate_expiry(target):
 
 @host_task
 def logs(c, host=None, lines=50, follow=False, request=None, ask_vault_pass=False):
-    """The API, background and nginx logs of HOST; --follow keeps reading (Ctrl-C ends); --request ID
-    shows every line of that request (nginx's and every API port's, rotated logs included)."""
+    """Show the API, background and nginx logs of HOST.
+
+    --follow keeps reading (Ctrl-C ends); --request ID shows every line of that request (nginx's and
+    every API port's, rotated logs included)."""
     if request is not None and not REQUEST_ID.fullmatch(request):
         raise Exit(f'--request {request!r}: a request ID is 1 to 128 of A-Z a-z 0-9 . _ -')
     ask_vault_password(c, ask_vault_pass)
@@ -353,8 +384,10 @@ def lock_holder(line):
 
 @host_task
 def unlock(c, host=None, ask_vault_pass=False):
-    """Break the deploy lock of HOST (one a killed run left, or one taken on another machine), saying
-    whose it was; only that lock is broken, and the audit trail records it."""
+    """Break the deploy lock of HOST, saying whose it was.
+
+    For a lock a killed run left, or one taken on another machine: only the lock shown is broken, not
+    one taken meanwhile, and the audit trail records it."""
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
@@ -370,8 +403,9 @@ def unlock(c, host=None, ask_vault_pass=False):
 
 @host_task
 def history(c, host=None, ask_vault_pass=False):
-    """Every deploy, rollback, restart and unlock of HOST, oldest first: time, user@machine, action,
-    release, product commit, outcome."""
+    """Show every deploy, rollback, restart and unlock of HOST, oldest first.
+
+    Each line: time, user@machine, action, release, product commit, outcome."""
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)

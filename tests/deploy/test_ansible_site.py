@@ -23,6 +23,7 @@ ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
            'test_programs_supervisor_refuses_are_not_left_in_place': SYSTEMS[:1],
            'test_a_value_with_a_trailing_line_break_fails_naming_it': SYSTEMS[:1],
            'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
+           'test_the_servers_options_come_from_the_inventory': SYSTEMS[:1],
            'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
 
@@ -31,10 +32,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize('system', ONLY_ON.get(metafunc.function.__name__, SYSTEMS), scope='module')
 
 
-def post(address, path, body, port=80):
+def post(address, path, body, port=80, headers=()):
     connection = http.client.HTTPConnection(address, port, timeout=30)
     try:
-        connection.request('POST', path, json.dumps(body), {'Content-Type': 'application/json'})
+        connection.request('POST', path, json.dumps(body), {'Content-Type': 'application/json', **dict(headers)})
         reply = connection.getresponse()
         return reply.status, dict(reply.getheaders()), json.loads(reply.read())
     finally:
@@ -179,6 +180,26 @@ ROLE_TASKS = ('product : Create the product user, without a login shell',
               "logrotate : Write the logrotate configuration of the product's nginx logs")
 
 
+def test_the_servers_options_come_from_the_inventory(first_run, site, host, lab):
+    """CORS, the log format and level, the timeouts: inventory variables, on apiphant's command line."""
+    options = {'api_cors': ['https://app.example.com'], 'api_log_format': 'json', 'api_log_level': 'info',
+               'api_idle_timeout': 80, 'api_request_timeout': 20}
+    try:
+        run = site('-e', json.dumps(options))
+        assert run.returncode == 0, run.output
+        status, headers, _ = post(host.address, '/api/v0/echo/read', ECHO, headers={'Origin': 'https://app.example.com'})
+        assert status == 200 and headers['Access-Control-Allow-Origin'] == 'https://app.example.com'
+        assert 'X-Request-ID' in headers['Access-Control-Expose-Headers']
+        # The access line of that very request, as JSON, in one of the ports' logs.
+        found = on_host(host, lab, f"grep -h '{headers['X-Request-ID']}' /opt/myproduct/log/api-*.log")
+        line = json.loads(found.splitlines()[-1])
+        assert (line['request_id'], line['path'], line['status']) == (headers['X-Request-ID'], '/api/v0/echo/read', 200)
+        programs = on_host(host, lab, 'cat /etc/supervisor/conf.d/myproduct.conf')
+        assert '--idle-timeout 80 --request-timeout 20 --cors https://app.example.com' in programs
+    finally:
+        assert site().returncode == 0  # the defaults again, for the tests after this one
+
+
 def test_a_second_run_changes_nothing(first_run, site, host):
     # With apiphant_full every role runs, as the first run: the roles themselves change nothing.
     run = site('-e', 'apiphant_full=true')
@@ -219,6 +240,8 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, 
 
 
 @pytest.mark.parametrize('variable, value, message', [
+    ('api_cors', ['https://app.example.com/path'], 'api_cors=["https://app.example.com/path"]'),
+    ('api_log_level', 'loud', 'api_log_level'),
     # Ansible's role argument validation: the types.
     ('api_ports', 'abc', "option ''api_ports'' is of type str and we were unable to convert to int"),
     ('api_drain_timeout', 'soon', "argument ''api_drain_timeout'' is of type str and we were unable to convert to int"),
@@ -229,7 +252,7 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, 
     ('product_name', 'My-Product', 'product_name=My-Product'),
     ('releases_keep', '1', 'releases_keep=1: needs at least 2'),
     ('product_home', '/opt/my product', 'product_home="/opt/my product": needs an absolute path'),
-    ('supervisor_log_maxbytes', '50MB;x', 'supervisor_log_maxbytes="50MB;x" (a size such as 50MB)'),
+    ('supervisor_log_maxbytes', '50MB;x', 'supervisor_log_maxbytes=50MB;x: needs a size such as 50MB'),
 ])
 def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, value, message):
     run = site(**{variable: value})
