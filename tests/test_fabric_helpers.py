@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from apiphant_deploy import tasks
+
 from support import ROOT
 
 FAB = Path(sys.executable).parent / 'fab'
