@@ -2,7 +2,9 @@
 them, without a test host; and shellcheck over every shell program of the repository."""
 
 import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -105,6 +107,51 @@ def test_download_asks_the_index_only_when_its_inputs_changed(built, tmp_path):
 def test_download_without_an_apiphant_wheel_says_so(tmp_path):
     result = run(DOWNLOAD, tmp_path, '/dev/null', sys.executable, '', check=False)
     assert result.returncode != 0 and f'no apiphant wheel in {tmp_path}' in result.stderr
+
+
+@pytest.fixture(scope='module')
+def build_tools(tmp_path_factory):
+    """A folder holding what building sdistonly needs (setuptools, which builds wheels by itself)."""
+    folder = tmp_path_factory.mktemp('build-tools')
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--only-binary=:all:', '--dest', folder,
+                    'setuptools>=70.1'], check=True, capture_output=True, timeout=300)
+    return folder
+
+
+@pytest.fixture
+def sdist_only(built, build_tools, tmp_path):
+    """A wheelhouse holding the apiphant wheel, requirements naming 'sdistonly', and pip options
+    whose only indexes are folders: one holding sdistonly's sdist and no wheel of it, one holding
+    the build tools."""
+    _, built_wheels, _ = built
+    links, wheelhouse = tmp_path / 'links', tmp_path / 'wheels'
+    links.mkdir()
+    wheelhouse.mkdir()
+    shutil.copy(built_wheels / 'apiphant-1.0-py3-none-any.whl', wheelhouse)
+    source = project(tmp_path / 'sdistonly', 'sdistonly', '1.0')
+    subprocess.run([sys.executable, '-c', f'from setuptools import build_meta; build_meta.build_sdist({str(links)!r})'],
+                   cwd=source, check=True, capture_output=True, timeout=120)
+    requirements = tmp_path / 'requirements.txt'
+    requirements.write_text('sdistonly==1.0\n')
+    return wheelhouse, requirements, ['--no-index', '--find-links', links, '--find-links', build_tools]
+
+
+def test_download_builds_a_wheel_of_an_sdist_only_requirement_for_hosts_of_this_python(sdist_only):
+    wheelhouse, requirements, index = sdist_only
+    this = ['--python-version', '%d.%d' % sys.version_info[:2], f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *this, *index)
+    assert 'building a wheel of sdistonly==1.0' in result.stderr
+    assert 'sdistonly-1.0-py3-none-any.whl' in wheels(wheelhouse) and (wheelhouse / '.downloaded').exists()
+
+
+def test_download_refuses_an_sdist_only_requirement_it_cannot_build_for_the_hosts(sdist_only):
+    wheelhouse, requirements, index = sdist_only
+    other = ['--python-version', '3.%d' % (sys.version_info.minor - 1), f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *other, *index, check=False)
+    assert result.returncode != 0
+    assert 'sdistonly==1.0 ships no wheel for the hosts' in result.stderr
+    assert 'psycopg[binary]' in result.stderr and 'psycopg2-binary' in result.stderr
+    assert wheels(wheelhouse) == ['apiphant-1.0-py3-none-any.whl'] and not (wheelhouse / '.downloaded').exists()
 
 
 @pytest.fixture
