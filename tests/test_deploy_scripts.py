@@ -112,6 +112,12 @@ def test_download_without_an_apiphant_wheel_says_so(tmp_path):
     assert result.returncode != 0 and f'no apiphant wheel in {tmp_path}' in result.stderr
 
 
+def sdist(source, folder):
+    """Build the sdist of the project in SOURCE into FOLDER, with this Python's setuptools."""
+    build = f'from setuptools import build_meta; build_meta.build_sdist({str(folder)!r})'
+    subprocess.run([sys.executable, '-c', build], cwd=source, check=True, capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope='module')
 def build_tools(tmp_path_factory):
     """A folder holding what building sdistonly needs (setuptools, which builds wheels by itself)."""
@@ -132,8 +138,7 @@ def sdist_only(built, build_tools, tmp_path):
     wheelhouse.mkdir()
     shutil.copy(built_wheels / 'apiphant-1.0-py3-none-any.whl', wheelhouse)
     source = project(tmp_path / 'sdistonly', 'sdistonly', '1.0')
-    subprocess.run([sys.executable, '-c', f'from setuptools import build_meta; build_meta.build_sdist({str(links)!r})'],
-                   cwd=source, check=True, capture_output=True, timeout=120)
+    sdist(source, links)
     requirements = tmp_path / 'requirements.txt'
     requirements.write_text('sdistonly==1.0\n')
     return wheelhouse, requirements, ['--no-index', '--find-links', links, '--find-links', build_tools]
@@ -156,6 +161,22 @@ def test_download_refuses_an_sdist_only_requirement_it_cannot_build_for_the_host
     assert 'sdistonly==1.0 ships no wheel for the hosts' in result.stderr
     assert 'psycopg[binary]' in result.stderr and 'psycopg2-binary' in result.stderr
     assert wheels(wheelhouse) == ['apiphant-1.0-py3-none-any.whl'] and not (wheelhouse / '.downloaded').exists()
+
+
+def test_download_refuses_an_sdist_only_requirement_whose_build_fails_here(sdist_only, tmp_path):
+    wheelhouse, requirements, index = sdist_only
+    source = project(tmp_path / 'needslib', 'needslib', '1.0')
+    # Builds its sdist, not its wheel: as psycopg2 without pg_config.
+    (source / 'setup.py').write_text("import sys\nfrom setuptools import setup\n"
+                                     "assert 'bdist_wheel' not in sys.argv, 'no pg_config here'\nsetup()\n")
+    sdist(source, index[2])
+    requirements.write_text('needslib==1.0\n')
+    this = ['--python-version', f'{sys.version_info.major}.{sys.version_info.minor}',
+            f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *this, *index, check=False)
+    assert result.returncode != 0 and 'no pg_config here' in result.stderr
+    assert 'needslib==1.0 ships no wheel for the hosts' in result.stderr and 'building one here failed' in result.stderr
+    assert 'psycopg2-binary' in result.stderr and not (wheelhouse / '.downloaded').exists()
 
 
 def sha256(data):
