@@ -1,8 +1,11 @@
 """The shell programs the roles run on the controller (roles' files/), run here as the roles run
 them, without a test host; and shellcheck over every shell program of the repository."""
 
+import hashlib
 import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +20,8 @@ BUILD = ROLES / 'release' / 'files' / 'build-apiphant-wheel'
 DOWNLOAD = ROLES / 'release' / 'files' / 'download-wheels'
 HASH = ROLES / 'stamps' / 'files' / 'hash-role-files'
 STILL_RUNNING = ROLES / 'stamps' / 'files' / 'still-running'
+RELEASE_ID = ROLES / 'release' / 'files' / 'release-id'
+PRODUCT_COMMIT = ROLES / 'lock' / 'files' / 'product-commit'
 
 
 def run(*command, check=True):
@@ -107,6 +112,124 @@ def test_download_without_an_apiphant_wheel_says_so(tmp_path):
     assert result.returncode != 0 and f'no apiphant wheel in {tmp_path}' in result.stderr
 
 
+def sdist(source, folder):
+    """Build the sdist of the project in SOURCE into FOLDER, with this Python's setuptools."""
+    build = f'from setuptools import build_meta; build_meta.build_sdist({str(folder)!r})'
+    subprocess.run([sys.executable, '-c', build], cwd=source, check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope='module')
+def build_tools(tmp_path_factory):
+    """A folder holding what building sdistonly needs (setuptools, which builds wheels by itself)."""
+    folder = tmp_path_factory.mktemp('build-tools')
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--only-binary=:all:', '--dest', folder,
+                    'setuptools>=70.1'], check=True, capture_output=True, timeout=300)
+    return folder
+
+
+@pytest.fixture
+def sdist_only(built, build_tools, tmp_path):
+    """A wheelhouse holding the apiphant wheel, requirements naming 'sdistonly', and pip options
+    whose only indexes are folders: one holding sdistonly's sdist and no wheel of it, one holding
+    the build tools."""
+    _, built_wheels, _ = built
+    links, wheelhouse = tmp_path / 'links', tmp_path / 'wheels'
+    links.mkdir()
+    wheelhouse.mkdir()
+    shutil.copy(built_wheels / 'apiphant-1.0-py3-none-any.whl', wheelhouse)
+    source = project(tmp_path / 'sdistonly', 'sdistonly', '1.0')
+    sdist(source, links)
+    requirements = tmp_path / 'requirements.txt'
+    requirements.write_text('sdistonly==1.0\n')
+    return wheelhouse, requirements, ['--no-index', '--find-links', links, '--find-links', build_tools]
+
+
+def test_download_builds_a_wheel_of_an_sdist_only_requirement_for_hosts_of_this_python(sdist_only):
+    wheelhouse, requirements, index = sdist_only
+    this = ['--python-version', f'{sys.version_info.major}.{sys.version_info.minor}',
+            f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *this, *index)
+    assert 'building a wheel of sdistonly==1.0' in result.stderr
+    assert 'sdistonly-1.0-py3-none-any.whl' in wheels(wheelhouse) and (wheelhouse / '.downloaded').exists()
+
+
+def test_download_refuses_an_sdist_only_requirement_it_cannot_build_for_the_hosts(sdist_only):
+    wheelhouse, requirements, index = sdist_only
+    other = ['--python-version', f'3.{sys.version_info.minor - 1}', f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *other, *index, check=False)
+    assert result.returncode != 0
+    assert 'sdistonly==1.0 ships no wheel for the hosts' in result.stderr
+    assert 'psycopg[binary]' in result.stderr and 'psycopg2-binary' in result.stderr
+    assert wheels(wheelhouse) == ['apiphant-1.0-py3-none-any.whl'] and not (wheelhouse / '.downloaded').exists()
+
+
+def test_download_refuses_an_sdist_only_requirement_whose_build_fails_here(sdist_only, tmp_path):
+    wheelhouse, requirements, index = sdist_only
+    source = project(tmp_path / 'needslib', 'needslib', '1.0')
+    # Builds its sdist, not its wheel: as psycopg2 without pg_config.
+    (source / 'setup.py').write_text("import sys\nfrom setuptools import setup\n"
+                                     "assert 'bdist_wheel' not in sys.argv, 'no pg_config here'\nsetup()\n")
+    sdist(source, index[2])
+    requirements.write_text('needslib==1.0\n')
+    this = ['--python-version', f'{sys.version_info.major}.{sys.version_info.minor}',
+            f'--platform=manylinux_2_17_{platform.machine()}']
+    result = run(DOWNLOAD, wheelhouse, requirements, sys.executable, '', *this, *index, check=False)
+    assert result.returncode != 0 and 'no pg_config here' in result.stderr
+    assert 'needslib==1.0 ships no wheel for the hosts' in result.stderr and 'building one here failed' in result.stderr
+    assert 'psycopg2-binary' in result.stderr and not (wheelhouse / '.downloaded').exists()
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_release_id_hashes_the_shipped_files_and_what_the_virtualenv_is_installed_from(tmp_path):
+    """The formula the release role has always used, written out: a changed one would make the next
+    deploy of an unchanged product a new release."""
+    source, wheelhouse = tmp_path / 'product', tmp_path / 'wheels'
+    (source / 'api').mkdir(parents=True)
+    (source / 'api' / 'echo.py').write_text('echo\n')
+    (source / 'settings.py').write_text('settings\n')
+    wheelhouse.mkdir()
+    for name in ('apiphant-1.0-py3-none-any.whl', 'gevent-24.2-cp311-cp311-manylinux_2_28_x86_64.whl'):
+        (wheelhouse / name).write_bytes(name.encode())
+    requirements = tmp_path / 'requirements.txt'
+    requirements.write_text('ujson\n')
+
+    def expected(extras):
+        wheels = ''.join(f'{sha256(path.read_bytes())}  {path.name}\n' for path in sorted(wheelhouse.glob('*.whl')))
+        venv = sha256(f'apiphant{extras}\nujson\n{wheels}'.encode())[:12]
+        files = sorted(path for path in source.rglob('*') if path.is_file())
+        listing = ''.join(f'{sha256(path.read_bytes())}  ./{path.relative_to(source)}\n' for path in files)
+        release = sha256(f'{sha256(listing.encode())} {venv}\n'.encode())[:12]
+        return f'{release} {venv}\n'
+
+    first = run(RELEASE_ID, source, wheelhouse, requirements, '[metrics]').stdout
+    assert first == expected('[metrics]')
+    assert run(RELEASE_ID, source, wheelhouse, requirements, '[metrics]').stdout == first
+    assert run(RELEASE_ID, source, wheelhouse, requirements, '').stdout == expected('')
+    (source / 'api' / 'echo.py').write_text('echo, changed\n')
+    changed = run(RELEASE_ID, source, wheelhouse, requirements, '[metrics]').stdout
+    assert changed.split()[0] != first.split()[0] and changed.split()[1] == first.split()[1]  # the same virtualenv
+
+
+def test_product_commit_names_head_and_uncommitted_changes_or_no_checkout(tmp_path):
+    product = tmp_path / 'product'
+    product.mkdir()
+    assert run(PRODUCT_COMMIT, product).stdout == '-\n'
+    assert run(PRODUCT_COMMIT, tmp_path / 'nowhere').stdout == '-\n'
+    git = ['git', '-C', product, '-c', 'user.name=t', '-c', 'user.email=t@t', '-c', 'init.defaultBranch=main']
+    subprocess.run([*git, 'init', '--quiet'], check=True)
+    assert run(PRODUCT_COMMIT, product).stdout == '-\n'  # a checkout without a commit
+    (product / 'app.py').write_text('app\n')
+    subprocess.run([*git, 'add', 'app.py'], check=True)
+    subprocess.run([*git, 'commit', '--quiet', '-m', 'app'], check=True)
+    head = subprocess.run([*git, 'rev-parse', '--short=12', 'HEAD'], capture_output=True, text=True, check=True)
+    assert run(PRODUCT_COMMIT, product).stdout == head.stdout
+    (product / 'app.py').write_text('app, changed\n')
+    assert run(PRODUCT_COMMIT, product).stdout == head.stdout.strip() + '+\n'
+
+
 @pytest.fixture
 def roles(tmp_path):
     for role in ('nginx', 'product'):
@@ -163,7 +286,8 @@ def shell_programs():
 def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
-    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
+    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, RELEASE_ID, PRODUCT_COMMIT,
+            ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
     checked = []

@@ -535,3 +535,33 @@ def test_fab_tasks_work_with_a_sudoer_ansible_user(deployed, fab, lab, host, sud
         assert run.returncode == 0 and audit.strip() in run.output, run.output
     run = fab('logs', host.address, '--lines', '5', inventory=sudoer)
     assert run.returncode == 0 and '/opt/myproduct/log/api-8001.log' in run.output, run.output
+
+
+def test_a_requirement_that_ships_only_an_sdist_is_built_into_a_wheel_for_a_host_of_this_python(
+        deployed, lab, fab, host, product, command, tmp_path):
+    """The lab's hosts run this machine's Python on its platform (Debian 12, x86_64): the deploy
+    builds the wheel here, as it would psycopg2's. The sdist reaches pip from a folder, as a user's
+    private index would."""
+    source = tmp_path / 'sdistonly'
+    (source / 'sdistonly').mkdir(parents=True)
+    (source / 'sdistonly' / '__init__.py').write_text("WHERE = 'built from its sdist'\n")
+    (source / 'pyproject.toml').write_text('[build-system]\nrequires = ["setuptools>=70.1"]\n'
+                                           'build-backend = "setuptools.build_meta"\n'
+                                           '[project]\nname = "sdistonly"\nversion = "1.0"\n')
+    links = tmp_path / 'links'
+    subprocess.run([sys.executable, '-c', f'from setuptools import build_meta; build_meta.build_sdist({str(links)!r})'],
+                   cwd=source, check=True, capture_output=True, timeout=120)
+    requirements = product / 'requirements.txt'
+    before = requirements.read_text()
+    requirements.write_text(before + 'sdistonly==1.0\n')
+    env = {**lab_environment(lab), 'PIP_FIND_LINKS': str(links), 'FABRIC_INVENTORY': str(fab.keywords['inventory'])}
+    try:
+        run = command([Path(sys.executable).parent / 'fab', 'deploy', host.address], ROOT / 'deploy', env)
+        assert run.returncode == 0, run.output
+        imported = host.ssh('/opt/myproduct/current/venv/bin/python -c "import sdistonly; print(sdistonly.WHERE)"',
+                            key=lab.key)
+        assert imported.stdout.strip() == 'built from its sdist'
+    finally:
+        requirements.write_text(before)
+        for built in (lab.workdir / 'cache' / 'wheels').glob('*/sdistonly-*.whl'):
+            built.unlink()
