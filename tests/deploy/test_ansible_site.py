@@ -15,21 +15,15 @@ EXAMPLE_ECHO = Path(__file__).resolve().parents[2] / 'example' / 'myproduct' / '
 # Each system and the CPython its Debian ships.
 PYTHONS = {'bookworm-sh': '311', 'trixie-systemd': '313'}
 SYSTEMS = tuple(PYTHONS)
-# What runs on one of them only: the roles' checks of the variables stop the run on the controller
-# the same way on every system, and only systemd brings services up at boot.
-ONLY_ON = {'test_a_bad_variable_fails_early_naming_it': SYSTEMS[:1],
-           'test_check_mode_runs_through_and_changes_nothing': SYSTEMS[:1],
-           'test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them': SYSTEMS[:1],
-           'test_programs_supervisor_refuses_are_not_left_in_place': SYSTEMS[:1],
-           'test_a_value_with_a_trailing_line_break_fails_naming_it': SYSTEMS[:1],
-           'test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes': SYSTEMS[:1],
-           'test_the_servers_options_come_from_the_inventory': SYSTEMS[:1],
-           'test_the_product_answers_again_after_a_reboot': SYSTEMS[1:]}
 
 
 def pytest_generate_tests(metafunc):
+    """Each test runs on every system, or on those its `systems` marker names: the roles' checks of
+    the variables stop the run on the controller the same way on every system, and only systemd
+    brings services up at boot."""
     if 'system' in metafunc.fixturenames:
-        metafunc.parametrize('system', ONLY_ON.get(metafunc.function.__name__, SYSTEMS), scope='module')
+        marker = metafunc.definition.get_closest_marker('systems')
+        metafunc.parametrize('system', marker.args if marker else SYSTEMS, scope='module')
 
 
 def post(address, path, body, port=80, headers=()):
@@ -131,6 +125,7 @@ nginx -T 2>/dev/null | sed -n 's/^ *\\(access_log\\|error_log\\) \\([^ ;]*\\).*/
 '''
 
 
+@pytest.mark.systems('bookworm-sh')
 def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_reads_them(first_run, host):
     """DSA-3701 (CVE-2016-1247) on this deploy: a product with a remote code execution bug swaps
     the logs root writes for links into /etc, then waits for a reopen."""
@@ -155,6 +150,7 @@ def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_r
     assert on_host(host, 'stat -c "%U %G %a" /opt/myproduct/log').split() == ['root', 'myproduct', '750']
 
 
+@pytest.mark.systems('bookworm-sh')
 def test_programs_supervisor_refuses_are_not_left_in_place(first_run, site, host):
     """Supervisor refuses its configuration (here for a broken program file of an operator's, beside
     the product's): new programs are not kept, for Supervisor to refuse at its next start."""
@@ -180,6 +176,7 @@ ROLE_TASKS = ('product : Create the product user, without a login shell',
               "logrotate : Write the logrotate configuration of the product's nginx logs")
 
 
+@pytest.mark.systems('bookworm-sh')
 def test_the_servers_options_come_from_the_inventory(first_run, site, host):
     """CORS, the log format and level, the timeouts: inventory variables, on apiphant's command line."""
     options = {'api_cors': ['https://app.example.com'], 'api_log_format': 'json', 'api_log_level': 'info',
@@ -209,6 +206,7 @@ def test_a_second_run_changes_nothing(first_run, site, host):
     assert {task: run.outcome(task, host.name) for task in ROLE_TASKS} == dict.fromkeys(ROLE_TASKS, 'ok')
 
 
+@pytest.mark.systems('bookworm-sh')
 def test_the_stamps_skip_the_roles_until_a_variable_or_what_they_run_changes(first_run, site, host):
     run = site()
     assert run.returncode == 0 and run.recap()[host.name]['changed'] == 0, run.output
@@ -254,6 +252,7 @@ def test_a_new_release_is_served_and_the_old_one_kept(first_run, site, product, 
     ('product_home', '/opt/my product', 'product_home="/opt/my product": needs an absolute path'),
     ('supervisor_log_maxbytes', '50MB;x', 'supervisor_log_maxbytes=50MB;x: needs a size such as 50MB'),
 ])
+@pytest.mark.systems('bookworm-sh')
 def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, value, message):
     run = site(**{variable: value})
     assert run.returncode != 0
@@ -261,6 +260,7 @@ def test_a_bad_variable_fails_early_naming_it(first_run, site, host, variable, v
     assert run.recap()[host.name]['changed'] == 0
 
 
+@pytest.mark.systems('bookworm-sh')
 def test_check_mode_runs_through_and_changes_nothing(first_run, site, host):
     for extra in ([], ['-e', 'apiphant_full=true']):  # the stamps skipping the roles, then every role
         run = site('--check', *extra)
@@ -282,6 +282,7 @@ def test_check_mode_runs_through_and_changes_nothing(first_run, site, host):
     ('supervisor_conf_dir', '/etc/supervisor/conf.d\n', 'supervisor_conf_dir="/etc/supervisor/conf.d\\n"'),
     ('firewall_table', 'apiphant\n', 'firewall_table=apiphant'),
 ])
+@pytest.mark.systems('bookworm-sh')
 def test_a_value_with_a_trailing_line_break_fails_naming_it(first_run, site, host, variable, value, shown):
     run = site('-e', json.dumps({variable: value}))
     assert run.returncode != 0
@@ -312,6 +313,7 @@ def wait_for_answer(address, timeout):
             time.sleep(0.5)
 
 
+@pytest.mark.systems('trixie-systemd')
 def test_the_product_answers_again_after_a_reboot(first_run, host):
     current = on_host(host, 'readlink /opt/myproduct/current')
     server = post(host.address, '/api/v0/echo/read', ECHO)[2]['server']
