@@ -9,8 +9,8 @@ import ssl
 
 import pytest
 
-import testhost
 from acmeserver import served_certificate
+from support import wait_for
 
 DOMAIN = 'renew.apiphant.test'
 RENEWAL = '/etc/letsencrypt/renewal/myproduct.conf'
@@ -82,7 +82,7 @@ def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(d
     renewed = live_certificate()
     assert renewed != before
     # nginx's new workers serve it moments after the reload.
-    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=renewed.__eq__) == renewed
+    wait_for(lambda: served_certificate(host, pebble_root, DOMAIN), until=renewed.__eq__)
     assert show(host, 'nginx.service', 'MainPID') == nginx  # reloaded by the deploy hook, not restarted
 
 

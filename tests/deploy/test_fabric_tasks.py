@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import testhost
 from conftest import ROOT, lab_environment
+from support import wait_for
 
 ECHO = {'hello': 'world'}
 ECHO_PATH = '/api/v0/echo/read'
@@ -277,7 +277,7 @@ def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_por
         served_while_down = load.wait_for_more(300)  # new requests while the port is down go to port 8002
         # Supervisor gives the new process its PID while it is STARTING (startsecs): restarted means
         # RUNNING under another PID.
-        testhost.eventually(lambda: running_again(host, program, pid), timeout=60)
+        wait_for(lambda: running_again(host, program, pid), timeout=60)
         restarted = len(load.failures)
         served_after = load.wait_for_more(100)
     finally:

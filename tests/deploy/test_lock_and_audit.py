@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import testhost
+from support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ECHO = ROOT / 'example' / 'myproduct' / 'api' / 'v0' / 'echo.py'
@@ -228,8 +228,8 @@ def hogs(lab, host):
         command = (f'setsid python3 -c {shlex.quote(HOG)} {user} /opt /run /var/lock /tmp /var/tmp /dev/shm /etc '
                    f'</dev/null >{out} 2>&1 & echo $!')
         pids.append(host.ssh(command).stdout.strip())
-        return testhost.eventually(lambda: host.ssh(f'cat {out}').stdout.splitlines(), timeout=60,
-                                   until=lambda lines: lines[-1:] == ['ready'])
+        return wait_for(lambda: host.ssh(f'cat {out}').stdout.splitlines(), timeout=60,
+                        until=lambda lines: lines[-1:] == ['ready'])
 
     yield start
     for pid in pids:

@@ -29,9 +29,9 @@ import yaml
 from test_fabric_tasks import Load, logs_of
 from test_tls import assert_https_only
 
-import testhost
 from acmeserver import DomainConnection, served_certificate
 from conftest import ANSIBLE_PLAYBOOK, PLAYBOOKS, ROOT
+from support import wait_for
 
 BIN = Path(sys.executable).parent
 # Random, so finding it anywhere can only be a leak of this run's secret.
@@ -151,7 +151,7 @@ def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_n
     assert load.failures == [], logs_of(host)
     assert len(load.answers) > 50
     # nginx reloaded: it serves the new certificate (its new workers, moments after the reload).
-    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=before.__ne__) != before
+    wait_for(lambda: served_certificate(host, pebble_root, DOMAIN), until=before.__ne__)
 
 
 def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host):

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-import testhost
+from support import wait_for
 
 ECHO = '{"hello": "world"}'
 
@@ -50,7 +50,7 @@ def assert_https_only(host, ca_file, name=None):
     name = name or host.address
     resolve = ['--resolve', f'{name}:443:{host.address}', '--resolve', f'{name}:80:{host.address}']
     # nginx's new workers serve HTTPS moments after the reload the deploy asked for.
-    status, body, error = testhost.eventually(
+    status, body, error = wait_for(
         lambda: curl(*resolve, '--cacert', str(ca_file), '--data', ECHO, f'https://{name}/api/v0/echo/read'),
         until=lambda answer: answer[0] == '200')
     assert (status, json.loads(body or '{}').get('hello')) == ('200', 'world'), body + error
@@ -95,7 +95,7 @@ def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbo
     assert curl('--data', ECHO, f'https://{host.address}/api/v0/echo/read')[0] == '000'
     run = playbook('site.yml', tls='off')
     assert run.returncode == 0, run.output
-    assert testhost.eventually(lambda: curl('--data', ECHO, f'http://{host.address}/api/v0/echo/read')[0] == '200')
+    wait_for(lambda: curl('--data', ECHO, f'http://{host.address}/api/v0/echo/read')[0] == '200')
     with pytest.raises(ConnectionRefusedError):  # nothing listens on 443 any more
         socket.create_connection((host.address, 443), timeout=30).close()
 

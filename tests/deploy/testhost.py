@@ -157,16 +157,6 @@ class Proxy:
         self.log.close()
 
 
-def eventually(check, timeout=30, until=bool):
-    """Call check() until until(its result) holds or `timeout` seconds have passed; its last
-    result. For what a deploy sets off but does not wait for, such as nginx's workers taking up a
-    reloaded configuration."""
-    deadline = time.monotonic() + timeout
-    while not until(result := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return result
-
-
 def wait_for_port(host, port, timeout, process=None):
     deadline = time.monotonic() + timeout
     while True:
