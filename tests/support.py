@@ -248,17 +248,20 @@ def connected_ports(pid, remote_port):
             if state == '01' and remote == remote_port and inode in sockets}  # (01: ESTABLISHED)
 
 
-def wait_for(condition, timeout=30.0, interval=0.02):
-    """Poll `condition` until it is true; fail after `timeout` seconds. For states no port shows.
+def wait_for(check, timeout=30.0, interval=0.02, until=bool):
+    """Call check() until until(its result) holds (by default: until the result is true) and return
+    that result; fail after `timeout` seconds, showing the last result. For states no port shows, and
+    for what a deploy sets off but does not wait for, such as nginx's workers taking up a reloaded
+    configuration. Both test trees use it (tests/deploy imports it from here too).
 
     The timeout only bounds a test that fails: generous, as a loaded CI machine is several times slower."""
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
-        if value:
-            return value
+        result = check()
+        if until(result):
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout} s waiting for {condition}')
+            raise AssertionError(f'timed out after {timeout} s waiting for {check}; it last gave {result!r:.500}')
         time.sleep(interval)
 
 

@@ -178,7 +178,7 @@ def served_on_ports(lab):
     host (they listen on loopback), one per CPU as the playbooks' default api_ports."""
 
     def ask(host):
-        answers = host.ssh(f'python3 -c {shlex.quote(SERVED)}', key=lab.key).stdout.splitlines()
+        answers = host.ssh(f'python3 -c {shlex.quote(SERVED)}').stdout.splitlines()
         return dict(line.split(' ', 1) for line in answers if line)
 
     return ask

@@ -9,8 +9,8 @@ import ssl
 
 import pytest
 
-import testhost
 from acmeserver import served_certificate
+from support import wait_for
 
 DOMAIN = 'renew.apiphant.test'
 RENEWAL = '/etc/letsencrypt/renewal/myproduct.conf'
@@ -38,66 +38,65 @@ def deployed(playbook, host, pebble):
     return deploy(playbook, host, pebble, pebble.ca)
 
 
-def show(host, lab, unit, *properties):
+def show(host, unit, *properties):
     """The unit's properties, as `systemctl show` says them: {name: value}."""
-    shown = host.ssh('systemctl', 'show', unit, *(f'--property={name}' for name in properties), key=lab.key).stdout
+    shown = host.ssh('systemctl', 'show', unit, *(f'--property={name}' for name in properties)).stdout
     return dict(line.split('=', 1) for line in shown.splitlines() if line)
 
 
-def test_certbots_timer_is_enabled_and_starts_its_renewal_service_with_the_ca_bundle(deployed, host, lab):
-    timer = show(host, lab, 'certbot.timer', 'UnitFileState', 'ActiveState', 'Triggers', 'NextElapseUSecRealtime')
+def test_certbots_timer_is_enabled_and_starts_its_renewal_service_with_the_ca_bundle(deployed, host):
+    timer = show(host, 'certbot.timer', 'UnitFileState', 'ActiveState', 'Triggers', 'NextElapseUSecRealtime')
     assert timer['UnitFileState'] == 'enabled' and timer['ActiveState'] == 'active', timer
     assert timer['Triggers'] == 'certbot.service' and timer['NextElapseUSecRealtime'], timer
-    service = show(host, lab, 'certbot.service', 'ExecStart', 'Environment', 'DropInPaths')
+    service = show(host, 'certbot.service', 'ExecStart', 'Environment', 'DropInPaths')
     assert 'argv[]=/usr/bin/certbot -q renew' in service['ExecStart'], service
     assert service['Environment'] == f'REQUESTS_CA_BUNDLE={CA_BUNDLE}', service
     assert service['DropInPaths'] == DROP_IN, service
 
 
-def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(deployed, host, lab, pebble_root):
+def test_a_due_renewal_run_by_the_timers_service_is_served_after_nginx_reloads(deployed, host, pebble_root):
     def live_certificate():
-        return ssl.PEM_cert_to_DER_cert(host.ssh('cat', LIVE_CERTIFICATE, key=lab.key).stdout)
+        return ssl.PEM_cert_to_DER_cert(host.ssh('cat', LIVE_CERTIFICATE).stdout)
 
     before = live_certificate()
     assert served_certificate(host, pebble_root, DOMAIN) == before
-    nginx = show(host, lab, 'nginx.service', 'MainPID')
+    nginx = show(host, 'nginx.service', 'MainPID')
     # Due as a certificate 30 days from its end is, by certbot's own setting in the certificate's
     # renewal configuration: no certificate pebble issues outlives 100 years.
-    host.ssh('sed', '-i', "'s/^# renew_before_expiry = .*/renew_before_expiry = 36500 days/'", RENEWAL, key=lab.key)
+    host.ssh('sed', '-i', "'s/^# renew_before_expiry = .*/renew_before_expiry = 36500 days/'", RENEWAL)
     try:
-        assert 'renew_before_expiry = 36500 days' in host.ssh('cat', RENEWAL, key=lab.key).stdout
+        assert 'renew_before_expiry = 36500 days' in host.ssh('cat', RENEWAL).stdout
         # The same command without the service's environment: certbot does not trust pebble.
-        unaided = host.ssh('certbot', 'renew', '--no-random-sleep-on-renew', key=lab.key, check=False)
+        unaided = host.ssh('certbot', 'renew', '--no-random-sleep-on-renew', check=False)
         assert unaided.returncode != 0 and 'CERTIFICATE_VERIFY_FAILED' in unaided.stdout + unaided.stderr, (
             unaided.stdout + unaided.stderr)
         assert live_certificate() == before
         # What the timer starts, as it starts it; a oneshot service: `start` returns once it has run.
-        started = host.ssh('systemctl', 'start', 'certbot.service', key=lab.key, check=False)
-        journal = host.ssh('journalctl', '-u', 'certbot.service', '--no-pager', key=lab.key, check=False).stdout
+        started = host.ssh('systemctl', 'start', 'certbot.service', check=False)
+        journal = host.ssh('journalctl', '-u', 'certbot.service', '--no-pager', check=False).stdout
         assert started.returncode == 0, started.stderr + journal
     finally:
-        host.ssh('sed', '-i', "'s/^renew_before_expiry = 36500 days$/# renew_before_expiry = 30 days/'", RENEWAL,
-                 key=lab.key)
-    assert show(host, lab, 'certbot.service', 'Result', 'ExecMainStatus') == {'Result': 'success',
-                                                                             'ExecMainStatus': '0'}
+        host.ssh('sed', '-i', "'s/^renew_before_expiry = 36500 days$/# renew_before_expiry = 30 days/'", RENEWAL)
+    assert show(host, 'certbot.service', 'Result', 'ExecMainStatus') == {'Result': 'success',
+                                                                        'ExecMainStatus': '0'}
     renewed = live_certificate()
     assert renewed != before
     # nginx's new workers serve it moments after the reload.
-    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=renewed.__eq__) == renewed
-    assert show(host, lab, 'nginx.service', 'MainPID') == nginx  # reloaded by the deploy hook, not restarted
+    wait_for(lambda: served_certificate(host, pebble_root, DOMAIN), until=renewed.__eq__)
+    assert show(host, 'nginx.service', 'MainPID') == nginx  # reloaded by the deploy hook, not restarted
 
 
-def test_a_ca_bundle_no_longer_set_leaves_the_renewal_service(deployed, playbook, host, lab, pebble):
+def test_a_ca_bundle_no_longer_set_leaves_the_renewal_service(deployed, playbook, host, pebble):
     """Say the ACME server's CA is now one the host trusts itself: tls_acme_ca_bundle unset, the
     renewals must trust the system's CAs, which REQUESTS_CA_BUNDLE would replace."""
     store = '/usr/local/share/ca-certificates/apiphant-test-pebble.crt'
-    host.ssh(f"printf '%s' {shlex.quote(pebble.ca.read_text())} > {store} && update-ca-certificates", key=lab.key)
+    host.ssh(f"printf '%s' {shlex.quote(pebble.ca.read_text())} > {store} && update-ca-certificates")
     try:
         deploy(playbook, host, pebble, '')
-        assert show(host, lab, 'certbot.service', 'Environment', 'DropInPaths') == {'Environment': '',
-                                                                                   'DropInPaths': ''}
+        assert show(host, 'certbot.service', 'Environment', 'DropInPaths') == {'Environment': '',
+                                                                              'DropInPaths': ''}
     finally:
-        host.ssh(f'rm -f {store} && update-ca-certificates --fresh', key=lab.key)
+        host.ssh(f'rm -f {store} && update-ca-certificates --fresh')
         deploy(playbook, host, pebble, pebble.ca)  # the module's host as it was
-    assert show(host, lab, 'certbot.service', 'Environment', 'DropInPaths') == {
+    assert show(host, 'certbot.service', 'Environment', 'DropInPaths') == {
         'Environment': f'REQUESTS_CA_BUNDLE={CA_BUNDLE}', 'DropInPaths': DROP_IN}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import testhost
 from conftest import ROOT, lab_environment
+from support import wait_for
 
 ECHO = {'hello': 'world'}
 ECHO_PATH = '/api/v0/echo/read'
@@ -174,14 +174,14 @@ def test_deploy_full_runs_every_role_whatever_the_stamps_say(deployed, fab, host
     assert run.outcome("supervisor : Write the product's Supervisor programs", host.name) == 'ok'
 
 
-def logs_of(lab, host):
+def logs_of(host):
     """What nginx and the API processes said, for a failure message."""
     log = '/opt/myproduct/log'
     return host.ssh(f"grep -v 'connect() failed (111' {log}/nginx-error.log | tail -n 20; "
-                    f"grep -hv ' POST ' {log}/api-*.log | tail -n 20", key=lab.key, check=False).stdout
+                    f"grep -hv ' POST ' {log}/api-*.log | tail -n 20", check=False).stdout
 
 
-def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_file):
+def test_a_release_under_load_loses_no_request(deployed, fab, host, echo_file):
     release_as(echo_file, 'release under load')
     load = Load(host)
     load.start()
@@ -193,16 +193,16 @@ def test_a_release_under_load_loses_no_request(deployed, lab, fab, host, echo_fi
     assert run.returncode == 0, run.output
     assert answering, (len(load.answers), load.failures)
     assert 'Restart myproduct-api-8002' in run.output
-    assert load.failures == [], logs_of(lab, host)
+    assert load.failures == [], logs_of(host)
     assert len(load.answers) > 200
     assert load.answers[-1] == 'release under load'
     assert served_by(host) == (200, 'release under load')
 
 
-def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(deployed, lab, fab, host,
+def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(deployed, fab, host,
                                                                               echo_file, served_on_ports):
     serving = served_on_ports(host)
-    current = host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+    current = host.ssh('readlink /opt/myproduct/current').stdout.strip()
     good = echo_file.read_text()
     echo_file.write_text('import a_module_that_does_not_exist\n' + good)
     try:
@@ -218,7 +218,7 @@ def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(dep
     assert "No module named 'a_module_that_does_not_exist'" in run.output  # the port's log, last lines
     # Every port on the old release, with no fab rollback; the release that failed is gone.
     assert served_on_ports(host) == serving
-    assert host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip() == current
+    assert host.ssh('readlink /opt/myproduct/current').stdout.strip() == current
     status = fab('status', host.address)
     assert status.returncode == 0, status.output
     assert status.output.count('RUNNING') >= 3 and 'FATAL' not in status.output and 'BACKOFF' not in status.output
@@ -231,15 +231,15 @@ def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(dep
     assert set(served_on_ports(host).values()) == {'after the failed release'}
 
 
-def test_a_full_disk_fails_the_release_before_current_switches(deployed, lab, fab, host, echo_file):
+def test_a_full_disk_fails_the_release_before_current_switches(deployed, fab, host, echo_file):
     """/opt/myproduct/releases on a full tmpfs (in the host's own mount namespace) holding a copy of
     the releases, so current still resolves."""
     serving = served_by(host)
-    current = host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+    current = host.ssh('readlink /opt/myproduct/current').stdout.strip()
     host.ssh('set -e; cd /opt/myproduct; mkdir -p /run/full; '
              'mount -t tmpfs -o size=$(( $(du -sm releases | cut -f1) + 2 ))m full /run/full; '
              'cp -a releases/. /run/full/; dd if=/dev/zero of=/run/full/filler bs=64k 2>/dev/null || true; '
-             'mount --move /run/full releases', key=lab.key)
+             'mount --move /run/full releases')
     release_as(echo_file, 'after the full disk')
     try:
         run = fab('deploy', host.address)
@@ -248,46 +248,46 @@ def test_a_full_disk_fails_the_release_before_current_switches(deployed, lab, fa
         assert f'{host.name}: release ' in message and ' could not be built in /opt/myproduct/releases/' in message
         assert 'No space left on device' in message, run.output
         assert f'current is still {current}' in message
-        assert host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip() == current
+        assert host.ssh('readlink /opt/myproduct/current').stdout.strip() == current
         assert served_by(host) == serving
     finally:
-        host.ssh('umount --lazy /opt/myproduct/releases', key=lab.key)
+        host.ssh('umount --lazy /opt/myproduct/releases')
     run = fab('deploy', host.address)  # with room again, the same release goes out
     assert run.returncode == 0, run.output
     assert served_by(host) == (200, 'after the full disk')
 
 
-def running_again(host, lab, program, old_pid):
+def running_again(host, program, old_pid):
     """Whether Supervisor runs `program` again, under a PID other than `old_pid`."""
-    status = host.ssh(f'supervisorctl status {program}', key=lab.key, check=False).stdout.split()
+    status = host.ssh(f'supervisorctl status {program}', check=False).stdout.split()
     return status[1:2] == ['RUNNING'] and status[2:4] != ['pid', f'{old_pid},']
 
 
-def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_port(deployed, lab, host):
+def test_a_killed_api_process_is_restarted_while_nginx_serves_from_the_other_port(deployed, host):
     program = 'myproduct-api-8001'
     error_log = '/opt/myproduct/log/nginx-error.log'
-    logged = int(host.ssh(f'wc -l < {error_log}', key=lab.key).stdout)
-    pid = host.ssh(f'supervisorctl pid {program}', key=lab.key).stdout.strip()
+    logged = int(host.ssh(f'wc -l < {error_log}').stdout)
+    pid = host.ssh(f'supervisorctl pid {program}').stdout.strip()
     load = Load(host)
     load.start()
     try:
         assert load.wait_for_more(100)
         answered = len(load.answers)
-        host.ssh(f'kill -KILL {pid}', key=lab.key)
+        host.ssh(f'kill -KILL {pid}')
         served_while_down = load.wait_for_more(300)  # new requests while the port is down go to port 8002
         # Supervisor gives the new process its PID while it is STARTING (startsecs): restarted means
         # RUNNING under another PID.
-        testhost.eventually(lambda: running_again(host, lab, program, pid), timeout=60)
+        wait_for(lambda: running_again(host, program, pid), timeout=60)
         restarted = len(load.failures)
         served_after = load.wait_for_more(100)
     finally:
         load.stop()
-    assert running_again(host, lab, program, pid), host.ssh(f'supervisorctl status {program}', key=lab.key).stdout
+    assert running_again(host, program, pid), host.ssh(f'supervisorctl status {program}').stdout
     # Lost: only requests nginx had sent to the killed process, each a 502 that nginx's error log
     # puts on port 8001. How many depends on how long the kernel takes to end the process (until
     # then it still holds its connections and its listening socket), not on the clients. A request
     # that could not reach port 8001 went to 8002 and was answered.
-    errors = host.ssh(f'tail -n +{logged + 1} {error_log}', key=lab.key).stdout.splitlines()
+    errors = host.ssh(f'tail -n +{logged + 1} {error_log}').stdout.splitlines()
     lost = [line for line in errors if 'while reading response header from upstream' in line
             or 'while sending request to upstream' in line]
     assert all(failure[0] == 502 for failure in load.failures), load.failures
@@ -309,14 +309,14 @@ def test_restart_is_rolling_and_logs_show_the_traffic(deployed, fab, host):
     assert 'POST /api/v0/echo/read 200' in logs.output
 
 
-def test_a_restart_waits_for_up_and_stops_at_a_port_that_is_not_ready(deployed, fab, lab, host):
+def test_a_restart_waits_for_up_and_stops_at_a_port_that_is_not_ready(deployed, fab, host):
     """The process starts, but its readiness check fails: the restart stops at the first port, the
     others keep serving."""
-    host.ssh(f'touch {NOT_READY}', key=lab.key)
+    host.ssh(f'touch {NOT_READY}')
     try:
         run = fab('restart', host.address)
     finally:
-        host.ssh(f'rm -f {NOT_READY}', key=lab.key)
+        host.ssh(f'rm -f {NOT_READY}')
     assert run.returncode != 0
     assert ('failed at task "supervisor : Wait until GET /up answers 200 on the port of myproduct-api-8001"'
             in run.output), run.output
@@ -363,9 +363,9 @@ def echo_count(text):
                and sample.labels == {'route': ECHO_PATH, 'status': '200'})
 
 
-def test_with_api_metrics_every_port_serves_metrics_and_nginx_does_not(deployed, lab, host):
+def test_with_api_metrics_every_port_serves_metrics_and_nginx_does_not(deployed, host):
     def scrape():
-        scraped = json.loads(host.ssh(f'python3 -c {shlex.quote(SCRAPE)}', key=lab.key).stdout)
+        scraped = json.loads(host.ssh(f'python3 -c {shlex.quote(SCRAPE)}').stdout)
         return sum(echo_count(text) for text in scraped.values())
 
     before = scrape()
@@ -395,8 +395,8 @@ if Path({CRASH!r}).exists() and any(arg.endswith(':8002') for arg in sys.argv):
 '''
 
 
-def on_ports(host, lab, *ports):
-    answers = host.ssh(f'python3 -c {shlex.quote(PORTS)} {" ".join(map(str, ports))}', key=lab.key).stdout
+def on_ports(host, *ports):
+    answers = host.ssh(f'python3 -c {shlex.quote(PORTS)} {" ".join(map(str, ports))}').stdout
     return {int(port): label for port, label in (line.split(' ', 1) for line in answers.splitlines())}
 
 
@@ -406,22 +406,22 @@ def test_a_deploy_that_failed_at_the_second_port_is_finished_by_the_next(deploye
     release_as(echo_file, 'on three ports')
     run = fab('deploy', host.address, inventory=three)
     assert run.returncode == 0, run.output
-    assert on_ports(host, lab, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'on three ports')
+    assert on_ports(host, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'on three ports')
     init = echo_file.parents[1] / '__init__.py'
     original = init.read_text()
     try:
         init.write_text(original + CRASHING)
         release_as(echo_file, 'the second port failed')
-        host.ssh(f'touch {CRASH}', key=lab.key)
+        host.ssh(f'touch {CRASH}')
         try:
             run = fab('deploy', host.address, inventory=three)
             assert run.returncode != 0
             assert (f'{host.name}: port 8002 did not start or answer on release '
                     in ' '.join(run.output.split())), run.output
-            assert on_ports(host, lab, 8001, 8002, 8003) == {8001: 'the second port failed', 8002: 'down',
-                                                             8003: 'on three ports'}
+            assert on_ports(host, 8001, 8002, 8003) == {8001: 'the second port failed', 8002: 'down',
+                                                        8003: 'on three ports'}
         finally:
-            host.ssh(f'rm -f {CRASH}', key=lab.key)
+            host.ssh(f'rm -f {CRASH}')
         # The same release again, port 8002 able to start (Supervisor may have started it by now):
         # nothing to switch, port 8003 still to finish.
         run = fab('deploy', host.address, inventory=three)
@@ -430,10 +430,10 @@ def test_a_deploy_that_failed_at_the_second_port_is_finished_by_the_next(deploye
     assert run.returncode == 0, run.output
     assert 'myproduct-api-8003: runs release ' in run.output, run.output
     assert 'Restart myproduct-api-8001' not in run.output
-    assert on_ports(host, lab, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'the second port failed')
+    assert on_ports(host, 8001, 8002, 8003) == dict.fromkeys((8001, 8002, 8003), 'the second port failed')
     run = fab('deploy', host.address)  # back to the module's two ports: port 8003 is dropped
     assert run.returncode == 0, run.output
-    assert on_ports(host, lab, 8003) == {8003: 'down'}
+    assert on_ports(host, 8003) == {8003: 'down'}
 
 
 def test_a_deploy_that_failed_between_the_switch_and_the_restart_is_finished_by_the_next(
@@ -445,12 +445,12 @@ def test_a_deploy_that_failed_between_the_switch_and_the_restart_is_finished_by_
     # The releases but current, each a mount point (dated as they were, old): removing the one beyond
     # releases_keep fails (Device or resource busy), after current switched and before any port restarted.
     host.ssh('cd /opt/myproduct/releases && for release in *; do [ "$PWD/$release" = "$(readlink ../current)" ]'
-             ' || { mount -t tmpfs busy "$release" && touch -d @1 "$release"; }; done', key=lab.key)
+             ' || { mount -t tmpfs busy "$release" && touch -d @1 "$release"; }; done')
     release_as(echo_file, 'failed after the switch')
     try:
         run = fab('deploy', host.address, inventory=keep_two)
     finally:
-        host.ssh("awk '$2 ~ \"^/opt/myproduct/releases/\" {print $2}' /proc/mounts | xargs -r umount", key=lab.key)
+        host.ssh("awk '$2 ~ \"^/opt/myproduct/releases/\" {print $2}' /proc/mounts | xargs -r umount")
     assert run.returncode != 0
     assert 'deploy failed at task "release : Remove old releases, keeping 2"' in run.output, run.output
     assert set(served_on_ports(host).values()) == {'before the failure'}
@@ -462,7 +462,7 @@ def test_a_deploy_that_failed_between_the_switch_and_the_restart_is_finished_by_
 def test_a_changed_program_setting_restarts_one_port_at_a_time_and_a_bad_one_stops_at_the_first(
         deployed, lab, fab, inventory, host, served_on_ports):
     def pids():
-        return {port: host.ssh(f'supervisorctl pid myproduct-api-{port}', key=lab.key).stdout.strip()
+        return {port: host.ssh(f'supervisorctl pid myproduct-api-{port}').stdout.strip()
                 for port in (8001, 8002)}
 
     before = pids()
@@ -473,7 +473,7 @@ def test_a_changed_program_setting_restarts_one_port_at_a_time_and_a_bad_one_sto
     steps = [run.output.index(f'{step} myproduct-api-{port}') for port in (8001, 8002) for step in each]
     assert steps == sorted(steps), run.output  # each port applied, restarted and answering before the next
     assert all(before[port] != pid for port, pid in pids().items())
-    assert '--drain-timeout 12' in host.ssh('ps -eo args', key=lab.key).stdout
+    assert '--drain-timeout 12' in host.ssh('ps -eo args').stdout
 
     serving = served_on_ports(host)
     bad = inventory(lab.hosts[:1], file='drain-0.ini', api_metrics='true', api_drain_timeout='0')
@@ -481,7 +481,7 @@ def test_a_changed_program_setting_restarts_one_port_at_a_time_and_a_bad_one_sto
     assert run.returncode != 0
     assert f'{host.name}: port 8001 did not start or answer' in ' '.join(run.output.split()), run.output
     assert 'Apply the Supervisor settings of myproduct-api-8002' not in run.output
-    assert on_ports(host, lab, 8002) == {8002: serving['8002']}  # the other port kept serving
+    assert on_ports(host, 8002) == {8002: serving['8002']}  # the other port kept serving
     assert served_by(host)[0] == 200
     run = fab('deploy', host.address)
     assert run.returncode == 0, run.output
@@ -515,20 +515,20 @@ def sudoer(lab, host, inventory):
     host.ssh('id deployer >/dev/null 2>&1 || useradd --create-home --shell /bin/bash deployer;'
              ' echo "deployer ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/deployer && chmod 0440 /etc/sudoers.d/deployer;'
              ' install -d -o deployer -m 0700 ~deployer/.ssh'
-             ' && install -o deployer -m 0600 /root/.ssh/authorized_keys ~deployer/.ssh/', key=lab.key)
+             ' && install -o deployer -m 0600 /root/.ssh/authorized_keys ~deployer/.ssh/')
     path = inventory(lab.hosts[:1], file='sudoer.ini', api_metrics='true')
     path.write_text(path.read_text().replace('ansible_user=root', 'ansible_user=deployer'))
     return path
 
 
-def test_fab_tasks_work_with_a_sudoer_ansible_user(deployed, fab, lab, host, sudoer):
+def test_fab_tasks_work_with_a_sudoer_ansible_user(deployed, fab, host, sudoer):
     holder = 'alice laptop 0123456789abcdef0123456789abcdef 4242 1 1970-01-01T00:00:01Z rollback 0123456789abcdef'
-    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo "{holder}" > /run/apiphant/myproduct.lock', key=lab.key)
+    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo "{holder}" > /run/apiphant/myproduct.lock')
     run = fab('unlock', host.address, inventory=sudoer)
     assert run.returncode == 0 and f'[{host.name}] broke the deploy lock of alice on laptop' in run.output, run.output
     run = fab('restart', host.address, inventory=sudoer)
     assert run.returncode == 0, run.output
-    audit = host.ssh('tail -n 2 /opt/myproduct/audit.log', key=lab.key).stdout
+    audit = host.ssh('tail -n 2 /opt/myproduct/audit.log').stdout
     assert ' unlock ' in audit and ' restart ' in audit
     for task in ('status', 'history'):
         run = fab(task, host.address, inventory=sudoer)

@@ -46,10 +46,10 @@ while True:
 '''
 
 
-def reachable_from(host, lab, targets):
+def reachable_from(host, targets):
     """{'address:port': True if a TCP connection from `host` gets through, else False}."""
     command = f'python3 -c {shlex.quote(PROBE)} ' + ' '.join(targets)
-    lines = host.ssh(command, key=lab.key).stdout.split()
+    lines = host.ssh(command).stdout.split()
     return dict(zip(lines[::2], (state == 'open' for state in lines[1::2]), strict=True))
 
 
@@ -82,7 +82,7 @@ def fleet(playbook, roles, lab):
         run = playbook('site.yml', *args, hosts=api, lb=list(lbs), api_ports=str(API_PORTS), **variables)
         assert run.returncode == 0, run.output
         for host in (*api, *lbs):
-            host.ssh('true', key=lab.key)
+            host.ssh('true')
         return run
 
     return deploy
@@ -93,19 +93,19 @@ def deployed(fleet):
     return fleet()
 
 
-def test_the_load_balancer_reaches_every_api_port(deployed, roles, lab):
+def test_the_load_balancer_reaches_every_api_port(deployed, roles):
     plain, lb, api = roles
-    assert reachable_from(lb, lab, api_targets(api)) == dict.fromkeys(api_targets(api), True)
+    assert reachable_from(lb, api_targets(api)) == dict.fromkeys(api_targets(api), True)
     connection = http.client.HTTPConnection(lb.address, 80, timeout=30)
     connection.request('POST', '/api/v0/echo/read', '{"through": "the load balancer"}')
     assert connection.getresponse().status == 200
     connection.close()
 
 
-def test_a_plain_host_is_refused_the_api_ports_but_reaches_ssh(deployed, roles, lab):
+def test_a_plain_host_is_refused_the_api_ports_but_reaches_ssh(deployed, roles):
     plain, lb, api = roles
     ssh = [f'{host.address}:22' for host in api]
-    seen = reachable_from(plain, lab, api_targets(api) + ssh)
+    seen = reachable_from(plain, api_targets(api) + ssh)
     assert seen == {**dict.fromkeys(api_targets(api), False), **dict.fromkeys(ssh, True)}
     assert not any(reachable_here(host.address, port) for host in api for port in API_PORTS)
 
@@ -120,43 +120,43 @@ def test_a_second_run_changes_nothing(deployed, fleet, roles):
         (host.name for host in (lb, *api)), 0)
 
 
-def test_the_rules_are_a_table_of_their_own_loaded_again_at_boot(deployed, roles, lab):
+def test_the_rules_are_a_table_of_their_own_loaded_again_at_boot(deployed, roles):
     plain, lb, api = roles
     host = api[0]
-    tables = host.ssh('nft list tables', key=lab.key).stdout.split('\n')
+    tables = host.ssh('nft list tables').stdout.split('\n')
     assert 'table inet apiphant' in tables
-    assert 'include "/etc/nftables.d/apiphant.nft"' in host.ssh('cat /etc/nftables.conf', key=lab.key).stdout
+    assert 'include "/etc/nftables.d/apiphant.nft"' in host.ssh('cat /etc/nftables.conf').stdout
     # What nftables.service runs at boot; the lab's hosts have no systemd to run it, and the run says so.
-    unit = host.ssh('cat /lib/systemd/system/nftables.service', key=lab.key).stdout
+    unit = host.ssh('cat /lib/systemd/system/nftables.service').stdout
     assert 'ExecStart=/usr/sbin/nft -f /etc/nftables.conf' in unit
     assert f'{host.name} runs no systemd' in deployed.output
-    host.ssh('nft flush ruleset && nft -f /etc/nftables.conf', key=lab.key)
-    assert 'table inet apiphant' in host.ssh('nft list tables', key=lab.key).stdout.split('\n')
-    assert reachable_from(plain, lab, api_targets([host])) == dict.fromkeys(api_targets([host]), False)
-    assert reachable_from(lb, lab, api_targets([host])) == dict.fromkeys(api_targets([host]), True)
+    host.ssh('nft flush ruleset && nft -f /etc/nftables.conf')
+    assert 'table inet apiphant' in host.ssh('nft list tables').stdout.split('\n')
+    assert reachable_from(plain, api_targets([host])) == dict.fromkeys(api_targets([host]), False)
+    assert reachable_from(lb, api_targets([host])) == dict.fromkeys(api_targets([host]), True)
 
 
-def test_adding_and_removing_a_load_balancer_updates_the_rules(deployed, fleet, roles, lab):
+def test_adding_and_removing_a_load_balancer_updates_the_rules(deployed, fleet, roles):
     """As `fab deploy all` does, the API hosts first; a table of the operator's own stays as it is."""
     plain, lb, api = roles
     operator = 'table inet operator { chain input { type filter hook input priority filter; tcp dport 9 drop; }; }'
     for host in api:
-        host.ssh(f'nft {shlex.quote(operator)}', key=lab.key)
-    listed = [host.ssh('nft list table inet operator', key=lab.key).stdout for host in api]
+        host.ssh(f'nft {shlex.quote(operator)}')
+    listed = [host.ssh('nft list table inet operator').stdout for host in api]
     try:
         added = fleet('--limit', 'api', lbs=(lb, plain), firewall_monitoring_addresses=f"['{testhost.GATEWAY}']")
         assert all(added.recap()[host.name]['changed'] > 0 for host in api)
-        assert reachable_from(plain, lab, api_targets(api)) == dict.fromkeys(api_targets(api), True)
+        assert reachable_from(plain, api_targets(api)) == dict.fromkeys(api_targets(api), True)
         assert all(reachable_here(host.address, port) for host in api for port in API_PORTS)
     finally:
         removed = fleet('--limit', 'api')
     assert all(removed.recap()[host.name]['changed'] > 0 for host in api)
-    assert reachable_from(plain, lab, api_targets(api)) == dict.fromkeys(api_targets(api), False)
+    assert reachable_from(plain, api_targets(api)) == dict.fromkeys(api_targets(api), False)
     assert not any(reachable_here(host.address, port) for host in api for port in API_PORTS)
-    assert reachable_from(lb, lab, api_targets(api)) == dict.fromkeys(api_targets(api), True)
-    assert [host.ssh('nft list table inet operator', key=lab.key).stdout for host in api] == listed
+    assert reachable_from(lb, api_targets(api)) == dict.fromkeys(api_targets(api), True)
+    assert [host.ssh('nft list table inet operator').stdout for host in api] == listed
     for host in api:
-        host.ssh('nft delete table inet operator', key=lab.key)
+        host.ssh('nft delete table inet operator')
 
 
 @pytest.mark.parametrize('variable, value, message', [
@@ -172,14 +172,14 @@ def test_a_bad_firewall_variable_fails_naming_it_before_any_change(deployed, pla
     assert run.recap()[api[0].name]['changed'] == 0
 
 
-def listen(host, lab, port):
+def listen(host, port):
     """Start a process on the host accepting connections on every address at `port`; its PID, once
     it accepts them (checked from the host itself, through loopback, which every rule admits)."""
     command = f'setsid python3 -c {shlex.quote(LISTENER)} {port} </dev/null >/dev/null 2>&1 & echo $!'
-    pid = host.ssh(command, key=lab.key).stdout.strip()
-    host.ssh(f'python3 -c {shlex.quote(WAIT)} {host.address} {port}', key=lab.key)
+    pid = host.ssh(command).stdout.strip()
+    host.ssh(f'python3 -c {shlex.quote(WAIT)} {host.address} {port}')
     # Still running: the connections waited for were its own, not another server's on that port.
-    host.ssh(f'kill -0 {pid}', key=lab.key)
+    host.ssh(f'kill -0 {pid}')
     return pid
 
 
@@ -190,8 +190,8 @@ def test_host_firewall_admits_ssh_http_https_and_listed_ports_only(playbook, lab
         on = playbook('site.yml', host_firewall='true', host_firewall_ports='[9998]')
         try:
             assert on.returncode == 0, on.output
-            host.ssh('true', key=lab.key)
-            pids = [listen(host, lab, port) for port in (443, 9998, 9999)]
+            host.ssh('true')
+            pids = [listen(host, port) for port in (443, 9998, 9999)]
             seen = {port: reachable_here(host.address, port) for port in (22, 80, 443, 9998, 9999)}
             assert seen == {22: True, 80: True, 443: True, 9998: True, 9999: False}
             connection = http.client.HTTPConnection(host.address, 80, timeout=30)
@@ -201,13 +201,13 @@ def test_host_firewall_admits_ssh_http_https_and_listed_ports_only(playbook, lab
         finally:
             off = playbook('site.yml')
         assert off.returncode == 0, off.output
-        host.ssh('true', key=lab.key)
-        assert 'apiphant' not in host.ssh('nft list tables', key=lab.key).stdout
-        assert 'apiphant' not in host.ssh('cat /etc/nftables.conf', key=lab.key).stdout
+        host.ssh('true')
+        assert 'apiphant' not in host.ssh('nft list tables').stdout
+        assert 'apiphant' not in host.ssh('cat /etc/nftables.conf').stdout
         assert reachable_here(host.address, 9999)  # the port the table closed answers again
     finally:
         if pids:
-            host.ssh('kill', *pids, key=lab.key)
+            host.ssh('kill', *pids)
 
 
 def test_rules_that_shut_ssh_out_undo_themselves(playbook, lab):
@@ -217,8 +217,8 @@ def test_rules_that_shut_ssh_out_undo_themselves(playbook, lab):
     host = lab.hosts[0]
     rules = ('nft list ruleset 2>/dev/null; grep -s apiphant /etc/nftables.conf; '
              'cat /etc/nftables.d/apiphant.nft 2>/dev/null; true')
-    before = host.ssh(rules, key=lab.key).stdout
-    host.ssh('/usr/sbin/sshd -p 2200 -o PidFile=/run/sshd-2200.pid', key=lab.key)
+    before = host.ssh(rules).stdout
+    host.ssh('/usr/sbin/sshd -p 2200 -o PidFile=/run/sshd-2200.pid')
     try:
         run = playbook('site.yml', host_firewall='true', ansible_port='2200', firewall_confirm_timeout='20')
         assert run.returncode != 0
@@ -226,8 +226,8 @@ def test_rules_that_shut_ssh_out_undo_themselves(playbook, lab):
                 and 'The new firewall rules were not kept: the host is back on its previous ones '
                     '(the new ones admitted SSH on 22' in ' '.join(run.output.split())), run.output
         assert reachable_here(host.address, 2200)
-        assert host.ssh(rules, key=lab.key).stdout == before  # running and for boot
+        assert host.ssh(rules).stdout == before  # running and for boot
         # The run ended under its own lock, released: the next run takes it at once.
         assert playbook('site.yml').returncode == 0
     finally:
-        host.ssh('kill "$(cat /run/sshd-2200.pid)"', key=lab.key)
+        host.ssh('kill "$(cat /run/sshd-2200.pid)"')

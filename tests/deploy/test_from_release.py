@@ -123,7 +123,7 @@ def test_pip_and_the_skeletons_pin_pick_this_release_over_2013s(user, shop):
 
 def test_the_host_runs_exactly_the_users_apiphant(deployed, lab):
     code = shlex.quote('import apiphant; print(apiphant.__version__)')
-    on_host = lab.hosts[0].ssh(f'/opt/shop/current/venv/bin/python -c {code}', key=lab.key).stdout
+    on_host = lab.hosts[0].ssh(f'/opt/shop/current/venv/bin/python -c {code}').stdout
     assert on_host.strip() == __version__
 
 
@@ -145,7 +145,7 @@ def test_fab_deploy_serves_the_api_through_nginx(deployed, lab):
                                      data=json.dumps({'name': 'Ada'}).encode(), method='POST')
     with urllib.request.urlopen(request, timeout=30) as reply:
         assert json.loads(reply.read()) == {'greeting': 'Hello, Ada!'}
-    users = host.ssh('getent', 'passwd', 'shop', key=lab.key).stdout
+    users = host.ssh('getent', 'passwd', 'shop').stdout
     assert users.startswith('shop:') and users.rstrip().endswith(':/usr/sbin/nologin')
 
 

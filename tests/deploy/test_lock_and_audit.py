@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import testhost
+from support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ECHO = ROOT / 'example' / 'myproduct' / 'api' / 'v0' / 'echo.py'
@@ -69,12 +69,12 @@ def labelled(lab, product, label, inventory, host, **variables):
     return inventory([host], file=f'{label}.ini', product_source=folder / 'myproduct', **variables)
 
 
-def locked(lab, host):
-    return host.ssh(f'cat {LOCK}', key=lab.key, check=False).stdout.strip()
+def locked(host):
+    return host.ssh(f'cat {LOCK}', check=False).stdout.strip()
 
 
-def audit_trail(lab, host):
-    return host.ssh('cat /opt/myproduct/audit.log', key=lab.key, check=False).stdout.splitlines()
+def audit_trail(host):
+    return host.ssh('cat /opt/myproduct/audit.log', check=False).stdout.splitlines()
 
 
 def holder_line(action='deploy', machine=None, pid=4242, user='alice', host='laptop'):
@@ -184,7 +184,7 @@ def test_two_deploys_started_together_one_wins_the_other_names_it(deployed, fab,
     assert 'waited 2 s (lock_timeout)' in message
     assert f'[{host.name}] deploy failed at task "lock : Fail naming the lock\'s holder"' in loser.output
     assert set(served_on_ports(host).values()) == {winners[0]}  # every port on the one release
-    assert locked(lab, host) == ''  # the winner released it; the loser left it alone
+    assert locked(host) == ''  # the winner released it; the loser left it alone
 
 
 def test_a_lock_from_another_machine_is_never_broken_but_by_fab_unlock_naming_it(
@@ -192,23 +192,23 @@ def test_a_lock_from_another_machine_is_never_broken_but_by_fab_unlock_naming_it
     # Taken a day ago on a machine of this one's host name, by a pid not running here: only its
     # machine id, another, tells it is not this machine's.
     holder = holder_line('rollback', machine='0' * 32, host=os.uname().nodename, pid=4242)
-    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo {shlex.quote(holder)} > {LOCK}', key=lab.key)
+    host.ssh(f'mkdir -p -m 0700 /run/apiphant && echo {shlex.quote(holder)} > {LOCK}')
     named = (f'alice on {os.uname().nodename} (machine id {"0" * 32}) since 1970-01-01T00:00:01Z, '
              f'running rollback (pid 4242)')
     blocked = labelled(lab, product, 'blocked', inventory, host, lock_timeout=1)
     run = fab('deploy', host.address, inventory=blocked)
     assert run.returncode != 0
     assert f'{host.name} is locked by {named}' in ' '.join(run.output.split()), run.output
-    assert locked(lab, host) == holder
+    assert locked(host) == holder
     assert set(served_on_ports(host).values()) != {'blocked'}
 
     run = fab('unlock', host.address, inventory=blocked)
     assert run.returncode == 0, run.output
     assert f'[{host.name}] the deploy lock is held by {named}' in run.output
     assert f'[{host.name}] broke the deploy lock of {named}' in run.output
-    assert locked(lab, host) == ''
-    assert ' unlock ' in audit_trail(lab, host)[-1]
-    assert audit_trail(lab, host)[-1].endswith(f' - broke the lock of alice@{os.uname().nodename}')
+    assert locked(host) == ''
+    assert ' unlock ' in audit_trail(host)[-1]
+    assert audit_trail(host)[-1].endswith(f' - broke the lock of alice@{os.uname().nodename}')
     run = fab('unlock', host.address, inventory=blocked)
     assert run.returncode == 0 and f'[{host.name}] no deploy lock to break' in run.output, run.output
 
@@ -227,13 +227,13 @@ def hogs(lab, host):
         out = f'/tmp/hog-{user}'
         command = (f'setsid python3 -c {shlex.quote(HOG)} {user} /opt /run /var/lock /tmp /var/tmp /dev/shm /etc '
                    f'</dev/null >{out} 2>&1 & echo $!')
-        pids.append(host.ssh(command, key=lab.key).stdout.strip())
-        return testhost.eventually(lambda: host.ssh(f'cat {out}', key=lab.key).stdout.splitlines(), timeout=60,
-                                   until=lambda lines: lines[-1:] == ['ready'])
+        pids.append(host.ssh(command).stdout.strip())
+        return wait_for(lambda: host.ssh(f'cat {out}').stdout.splitlines(), timeout=60,
+                        until=lambda lines: lines[-1:] == ['ready'])
 
     yield start
     for pid in pids:
-        host.ssh(f'kill {pid}', key=lab.key, check=False)
+        host.ssh(f'kill {pid}', check=False)
 
 
 def test_no_other_local_user_can_hold_or_delay_the_lock(deployed, fab, lab, product, inventory, host, hogs):
@@ -242,7 +242,7 @@ def test_no_other_local_user_can_hold_or_delay_the_lock(deployed, fab, lab, prod
     assert not any(path.startswith('/run/apiphant') for paths in held.values() for path in paths)
     run = fab('restart', host.address, inventory=labelled(lab, product, 'hogged', inventory, host, lock_timeout=5))
     assert run.returncode == 0 and 'waited' not in run.output, run.output
-    assert locked(lab, host) == ''
+    assert locked(host) == ''
 
 
 def test_a_full_disk_at_the_audit_trail_fails_the_run_and_leaves_the_lock_free(deployed, fab, lab, product,
@@ -251,48 +251,48 @@ def test_a_full_disk_at_the_audit_trail_fails_the_run_and_leaves_the_lock_free(d
     full = ('mkdir -p /mnt/full && mount -t tmpfs -o size=4k tmpfs /mnt/full && touch /mnt/full/audit.log'
             ' && { dd if=/dev/zero of=/mnt/full/fill bs=4k 2>/dev/null; true; }'
             ' && mount --bind /mnt/full/audit.log /opt/myproduct/audit.log')
-    host.ssh(full, key=lab.key)
+    host.ssh(full)
     try:
         run = fab('restart', host.address, inventory=labelled(lab, product, 'full', inventory, host))
         assert run.returncode != 0
         assert 'No space left on device; the deploy lock is free' in run.output, run.output
     finally:
-        host.ssh('umount /opt/myproduct/audit.log; umount /mnt/full', key=lab.key, check=False)
-    assert locked(lab, host) == ''
+        host.ssh('umount /opt/myproduct/audit.log; umount /mnt/full', check=False)
+    assert locked(host) == ''
     run = fab('restart', host.address, inventory=labelled(lab, product, 'full', inventory, host))
     assert run.returncode == 0, run.output
 
 
-def release_of(lab, host):
-    return host.ssh('readlink /opt/myproduct/current', key=lab.key).stdout.strip()
+def release_of(host):
+    return host.ssh('readlink /opt/myproduct/current').stdout.strip()
 
 
 def test_a_deploy_killed_halfway_leaves_the_old_release_serving_rollback_skips_it_the_next_deploy_makes_it(
         deployed, fab, lab, product, inventory, host, ansible_env, served_on_ports):
     run = fab('deploy', host.address, inventory=labelled(lab, product, 'previous', inventory, host))
     assert run.returncode == 0, run.output  # a complete release before the current one, to roll back to
-    previous = release_of(lab, host)
+    previous = release_of(host)
     run = fab('deploy', host.address, inventory=labelled(lab, product, 'current', inventory, host))
     assert run.returncode == 0, run.output
     serving = served_on_ports(host)
-    releases = set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split())
+    releases = set(host.ssh('ls /opt/myproduct/releases').stdout.split())
     killed = labelled(lab, product, 'killed', inventory, host, lock_timeout=5)
     run = subprocess.Popen([Path(sys.executable).parent / 'fab', 'deploy', host.address], cwd=ROOT / 'deploy',
                            env={**ansible_env, 'FABRIC_INVENTORY': str(killed)}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:  # killed once the new release's folder is there: halfway through the release
         deadline = time.monotonic() + 300
-        while (set(host.ssh('ls /opt/myproduct/releases', key=lab.key).stdout.split()) <= releases
+        while (set(host.ssh('ls /opt/myproduct/releases').stdout.split()) <= releases
                and run.poll() is None and time.monotonic() < deadline):
             time.sleep(0.2)
         assert run.poll() is None, 'the deploy ended before its release began'
     finally:
         os.killpg(run.pid, signal.SIGKILL)  # fab and its ansible-playbook, as a closed terminal would
         run.wait()
-    stale = locked(lab, host)
+    stale = locked(host)
     assert deploy_lock.words(stale)['action'] == 'deploy', stale
     assert served_on_ports(host) == serving
-    half_made = set(host.ssh('ls -t /opt/myproduct/releases', key=lab.key).stdout.split()) - releases
+    half_made = set(host.ssh('ls -t /opt/myproduct/releases').stdout.split()) - releases
     assert len(half_made) == 1
 
     # Its ansible-playbook is gone from this machine (the machine id in the lock): the lock is stale
@@ -300,31 +300,31 @@ def test_a_deploy_killed_halfway_leaves_the_old_release_serving_rollback_skips_i
     rollback = fab('rollback', host.address, inventory=killed)
     assert rollback.returncode == 0, rollback.output
     assert f'took over the stale lock of a killed run: {stale}' in ' '.join(rollback.output.split())
-    assert release_of(lab, host) == previous
+    assert release_of(host) == previous
     assert set(served_on_ports(host).values()) == {'previous'}
 
     # The half-made release is made again.
     rerun = fab('deploy', host.address, inventory=killed)
     assert rerun.returncode == 0, rerun.output
     assert 'waited' not in rerun.output  # (it would fail after lock_timeout, 5 s, naming the holder)
-    assert release_of(lab, host).rsplit('/', 1)[-1] == half_made.pop()
+    assert release_of(host).rsplit('/', 1)[-1] == half_made.pop()
     assert set(served_on_ports(host).values()) == {'killed'}
-    assert locked(lab, host) == ''
+    assert locked(host) == ''
 
 
-def test_a_rollback_with_no_complete_release_to_go_to_refuses_saying_why(deployed, fab, lab, host):
-    current = release_of(lab, host)
+def test_a_rollback_with_no_complete_release_to_go_to_refuses_saying_why(deployed, fab, host):
+    current = release_of(host)
     # Left: current and a release a killed deploy left half made (no .complete).
     host.ssh('cd /opt/myproduct/releases && for release in *; do [ "$PWD/$release" = "$(readlink ../current)" ]'
-             ' || rm -rf "$release"; done && mkdir -p half-made/myproduct', key=lab.key)
+             ' || rm -rf "$release"; done && mkdir -p half-made/myproduct')
     run = fab('rollback', host.address)
     assert run.returncode != 0
     assert (f'{host.name}: no complete release before {current.rsplit("/", 1)[-1]} to roll back to, only '
             f'half-made incomplete (no .complete: a deploy failed or was killed while making it)'
             in ' '.join(run.output.split())), run.output
-    assert release_of(lab, host) == current
-    assert locked(lab, host) == ''
-    host.ssh('rm -rf /opt/myproduct/releases/half-made', key=lab.key)
+    assert release_of(host) == current
+    assert locked(host) == ''
+    host.ssh('rm -rf /opt/myproduct/releases/half-made')
 
 
 def test_a_release_ships_what_git_tracks_with_modes_normalised(deployed, fab, lab, product, inventory, host):
@@ -338,8 +338,8 @@ def test_a_release_ships_what_git_tracks_with_modes_normalised(deployed, fab, la
     # No git work tree: the folder ships as it is, but with root's modes.
     run = fab('deploy', host.address, inventory=tracked)
     assert run.returncode == 0, run.output
-    assert host.ssh(writable, key=lab.key).stdout == ''
-    assert host.ssh(f'cat {shipped}/.env', key=lab.key).stdout == 'SECRET=not for the host\n'
+    assert host.ssh(writable).stdout == ''
+    assert host.ssh(f'cat {shipped}/.env').stdout == 'SECRET=not for the host\n'
 
     # In a git work tree (product_source a folder of it): what git tracks at HEAD, nothing untracked.
     git = ['git', '-C', folder, '-c', 'user.name=t', '-c', 'user.email=t@example.com']
@@ -348,10 +348,10 @@ def test_a_release_ships_what_git_tracks_with_modes_normalised(deployed, fab, la
     subprocess.run([*git, 'commit', '-q', '-m', 'tracked'], check=True)
     run = fab('deploy', host.address, inventory=tracked)
     assert run.returncode == 0, run.output
-    assert host.ssh(f'test -e {shipped}/.env', key=lab.key, check=False).returncode == 1
-    assert host.ssh(writable, key=lab.key).stdout == ''
-    assert host.ssh(f'stat -c %U:%G:%a {shipped}/api/v0/echo.py', key=lab.key).stdout.strip() == 'root:root:644'
-    assert host.ssh(f'python3 -c {shlex.quote(READ_ECHO)}', key=lab.key).stdout.strip() == 'tracked'
+    assert host.ssh(f'test -e {shipped}/.env', check=False).returncode == 1
+    assert host.ssh(writable).stdout == ''
+    assert host.ssh(f'stat -c %U:%G:%a {shipped}/api/v0/echo.py').stdout.strip() == 'root:root:644'
+    assert host.ssh(f'python3 -c {shlex.quote(READ_ECHO)}').stdout.strip() == 'tracked'
 
 
 def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deployed, fab, lab, product,
@@ -364,12 +364,12 @@ def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deplo
     subprocess.run([*git, 'commit', '-q', '-m', 'audited'], check=True)
     commit = subprocess.run([*git, 'rev-parse', '--short=12', 'HEAD'], check=True, capture_output=True,
                             text=True).stdout.strip()
-    before = len(audit_trail(lab, host))
+    before = len(audit_trail(host))
     for task in ('deploy', 'restart'):
         run = fab(task, host.address, inventory=audited)
         assert run.returncode == 0, run.output
-    lines = audit_trail(lab, host)[before:]
-    current = host.ssh('basename "$(readlink /opt/myproduct/current)"', key=lab.key).stdout.strip()
+    lines = audit_trail(host)[before:]
+    current = host.ssh('basename "$(readlink /opt/myproduct/current)"').stdout.strip()
     me = f'{subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()}@{os.uname().nodename}'
     assert [line.split()[1:] for line in lines] == [[me, 'deploy', current, commit, 'ok'],
                                                     [me, 'restart', current, '-', 'ok']]
@@ -378,4 +378,4 @@ def test_every_run_appends_to_the_audit_trail_that_status_and_history_show(deplo
     status = fab('status', host.address, inventory=audited)
     assert status.returncode == 0 and '\n'.join(lines) in status.output, status.output
     history = fab('history', host.address, inventory=audited)
-    assert history.returncode == 0 and '\n'.join(audit_trail(lab, host)) in history.output, history.output
+    assert history.returncode == 0 and '\n'.join(audit_trail(host)) in history.output, history.output

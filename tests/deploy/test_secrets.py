@@ -29,9 +29,9 @@ import yaml
 from test_fabric_tasks import Load, logs_of
 from test_tls import assert_https_only
 
-import testhost
 from acmeserver import DomainConnection, served_certificate
 from conftest import ANSIBLE_PLAYBOOK, PLAYBOOKS, ROOT
+from support import wait_for
 
 BIN = Path(sys.executable).parent
 # Random, so finding it anywhere can only be a leak of this run's secret.
@@ -112,12 +112,12 @@ def test_the_product_reads_its_setting_and_gets_its_secret(deployed, settings, h
     assert read_settings(host, pebble_root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
 
 
-def test_every_api_and_background_process_has_them_all_in_its_environment(deployed, settings, host, lab):
-    pids = host.ssh('pgrep', '-u', 'myproduct', '-f', 'bin/apiphant', key=lab.key).stdout.split()
-    commands = host.ssh('ps', '-o', 'args=', '-p', ','.join(pids), key=lab.key).stdout
+def test_every_api_and_background_process_has_them_all_in_its_environment(deployed, settings, host):
+    pids = host.ssh('pgrep', '-u', 'myproduct', '-f', 'bin/apiphant').stdout.split()
+    commands = host.ssh('ps', '-o', 'args=', '-p', ','.join(pids)).stdout
     assert 'apiphant-background' in commands and commands.count('venv/bin/apiphant ') >= 1, commands
     for pid in pids:
-        environment = host.ssh('cat', f'/proc/{pid}/environ', key=lab.key).stdout.split('\0')
+        environment = host.ssh('cat', f'/proc/{pid}/environ').stdout.split('\0')
         assert f'GREETING={settings.greeting}' in environment
         assert f'DATABASE_PASSWORD={SECRET}' in environment
 
@@ -131,43 +131,42 @@ def test_the_acme_servers_certificate_is_served_https_only_refusing_tls_1_1(depl
     assert_https_only(host, pebble_root, DOMAIN)
 
 
-def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_no_request(deployed, host,
-                                                                                          lab, pebble_root):
-    renewal = host.ssh('cat', '/etc/letsencrypt/renewal/myproduct.conf', key=lab.key).stdout
+def test_renewal_is_scheduled_and_a_forced_one_is_served_after_a_reload_losing_no_request(deployed, host, pebble_root):
+    renewal = host.ssh('cat', '/etc/letsencrypt/renewal/myproduct.conf').stdout
     assert 'renew_hook = /usr/sbin/nginx -t -q && /usr/sbin/nginx -s reload' in renewal
-    schedule = host.ssh('cat', '/etc/cron.d/certbot', key=lab.key).stdout
+    schedule = host.ssh('cat', '/etc/cron.d/certbot').stdout
     assert 'certbot -q renew' in schedule and 'REQUESTS_CA_BUNDLE=' in schedule, schedule
-    assert host.ssh('pgrep', '-x', 'cron', key=lab.key, check=False).returncode == 0  # cron runs the job
+    assert host.ssh('pgrep', '-x', 'cron', check=False).returncode == 0  # cron runs the job
     before = served_certificate(host, pebble_root, DOMAIN)
     load = Load(host, connect=lambda: DomainConnection(host, pebble_root, DOMAIN))
     load.start()
     try:
         # The scheduled command, in the scheduled job's environment (as cron reads it), told to renew now.
         renewed = host.ssh('set -a; eval "$(grep ^REQUESTS_CA_BUNDLE= /etc/cron.d/certbot)"; '
-                           'certbot -q renew --force-renewal --no-random-sleep-on-renew', key=lab.key, check=False)
+                           'certbot -q renew --force-renewal --no-random-sleep-on-renew', check=False)
     finally:
         load.wait_for_more(50)
         load.stop()
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
-    assert load.failures == [], logs_of(lab, host)
+    assert load.failures == [], logs_of(host)
     assert len(load.answers) > 50
     # nginx reloaded: it serves the new certificate (its new workers, moments after the reload).
-    assert testhost.eventually(lambda: served_certificate(host, pebble_root, DOMAIN), until=before.__ne__) != before
+    wait_for(lambda: served_certificate(host, pebble_root, DOMAIN), until=before.__ne__)
 
 
-def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host, lab):
+def test_no_other_user_can_read_the_secret_and_no_log_holds_it(deployed, host):
     # The secret reaches grep in halves on stdin, so no command line of the search holds it whole.
     half = len(SECRET) // 2
     search = (f"printf '%s%s\\n' {SECRET[:half]} {SECRET[half:]} | grep -rlsF -D skip -f - "
               f"/etc /opt /var /tmp /run /root /home /srv /proc/[0-9]*/environ /proc/[0-9]*/cmdline")
     # As root the search finds the file the processes load and their environments, nothing else.
-    found_by_root = host.ssh(search, key=lab.key, check=False).stdout.split()
+    found_by_root = host.ssh(search, check=False).stdout.split()
     assert '/opt/myproduct/environment' in found_by_root
     assert all(path == '/opt/myproduct/environment' or re.fullmatch(r'/proc/\d+/environ', path)
                for path in found_by_root), found_by_root
-    as_nobody = host.ssh('sudo', '-u', 'nobody', 'sh', '-c', shlex.quote(search), key=lab.key, check=False)
+    as_nobody = host.ssh('sudo', '-u', 'nobody', 'sh', '-c', shlex.quote(search), check=False)
     assert as_nobody.stdout == '', as_nobody.stdout
-    listing = host.ssh('stat', '-c', "'%U:%G %a'", '/opt/myproduct/environment', key=lab.key).stdout.strip()
+    listing = host.ssh('stat', '-c', "'%U:%G %a'", '/opt/myproduct/environment').stdout.strip()
     assert listing == 'root:myproduct 640'
 
 
@@ -181,9 +180,9 @@ def test_fab_status_and_logs_never_show_the_secret(deployed, fab_with_vault, hos
 
 
 def test_changing_a_setting_alone_restarts_the_ports_one_at_a_time_losing_no_request(
-        deployed, settings, fab_with_vault, host, lab, pebble_root):
+        deployed, settings, fab_with_vault, host, pebble_root):
     settings.set_greeting(f'Hello, release {secrets.token_hex(4)}')
-    release = host.ssh('readlink', '/opt/myproduct/current', key=lab.key).stdout
+    release = host.ssh('readlink', '/opt/myproduct/current').stdout
     load = Load(host, connect=lambda: DomainConnection(host, pebble_root, DOMAIN))
     load.start()
     try:
@@ -195,10 +194,10 @@ def test_changing_a_setting_alone_restarts_the_ports_one_at_a_time_losing_no_req
     assert run.output.index('Restart myproduct-api-8001') < run.output.index(
         'Restart myproduct-api-8002')
     assert SECRET not in run.output
-    assert load.failures == [], logs_of(lab, host)
+    assert load.failures == [], logs_of(host)
     assert len(load.answers) > 100
     assert read_settings(host, pebble_root) == (200, {'greeting': settings.greeting, 'database_password': 'set'})
-    assert host.ssh('readlink', '/opt/myproduct/current', key=lab.key).stdout == release  # settings alone
+    assert host.ssh('readlink', '/opt/myproduct/current').stdout == release  # settings alone
 
 
 def in_terminal(command, cwd, env, answer, timeout=600):

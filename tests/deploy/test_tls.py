@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-import testhost
+from support import wait_for
 
 ECHO = '{"hello": "world"}'
 
@@ -50,7 +50,7 @@ def assert_https_only(host, ca_file, name=None):
     name = name or host.address
     resolve = ['--resolve', f'{name}:443:{host.address}', '--resolve', f'{name}:80:{host.address}']
     # nginx's new workers serve HTTPS moments after the reload the deploy asked for.
-    status, body, error = testhost.eventually(
+    status, body, error = wait_for(
         lambda: curl(*resolve, '--cacert', str(ca_file), '--data', ECHO, f'https://{name}/api/v0/echo/read'),
         until=lambda answer: answer[0] == '200')
     assert (status, json.loads(body or '{}').get('hello')) == ('200', 'world'), body + error
@@ -82,11 +82,11 @@ def make_certificate(folder, address, name=None):
     return folder / 'ca.crt', folder / 'site.crt', folder / 'site.key'
 
 
-def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbook, host, lab, tmp_path):
+def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbook, host, tmp_path):
     run = playbook('site.yml', tls='selfsigned')
     assert run.returncode == 0, run.output
     certificate = tmp_path / 'selfsigned.crt'
-    certificate.write_text(host.ssh('cat', '/etc/nginx/tls/myproduct-selfsigned.crt', key=lab.key).stdout)
+    certificate.write_text(host.ssh('cat', '/etc/nginx/tls/myproduct-selfsigned.crt').stdout)
     assert_https_only(host, certificate)
     headers = subprocess.run(['curl', '-sS', '--cacert', str(certificate), '-o', '/dev/null', '-D', '-',
                               f'https://{host.address}/up'], capture_output=True, text=True, timeout=60).stdout
@@ -95,7 +95,7 @@ def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbo
     assert curl('--data', ECHO, f'https://{host.address}/api/v0/echo/read')[0] == '000'
     run = playbook('site.yml', tls='off')
     assert run.returncode == 0, run.output
-    assert testhost.eventually(lambda: curl('--data', ECHO, f'http://{host.address}/api/v0/echo/read')[0] == '200')
+    wait_for(lambda: curl('--data', ECHO, f'http://{host.address}/api/v0/echo/read')[0] == '200')
     with pytest.raises(ConnectionRefusedError):  # nothing listens on 443 any more
         socket.create_connection((host.address, 443), timeout=30).close()
 
@@ -103,8 +103,8 @@ def test_selfsigned_serves_https_only_and_off_turns_it_back_to_plain_http(playbo
 NAME = 'shop.test'
 
 
-def on_host(host, lab, command):
-    return host.ssh(command, key=lab.key).stdout
+def on_host(host, command):
+    return host.ssh(command).stdout
 
 
 @pytest.fixture(scope='module')
@@ -146,11 +146,11 @@ def test_fab_status_shows_the_certificates_expiry_and_warns_under_14_days(files_
 
 
 def test_a_key_that_does_not_match_its_certificate_fails_and_the_site_keeps_serving_the_previous_pair(
-        files_site, playbook, host, lab):
+        files_site, playbook, host):
     ca, variables = files_site
     files = ('sha256sum /etc/nginx/tls/myproduct.crt /etc/nginx/tls/myproduct.key '
              '/etc/nginx/sites-available/myproduct.conf')
-    served = on_host(host, lab, files)
+    served = on_host(host, files)
     key = variables['tls_certificate_key']
     kept = key.read_bytes()
     # Another key at the same path, as a key replaced in place: the stamps hash what the file holds.
@@ -161,8 +161,8 @@ def test_a_key_that_does_not_match_its_certificate_fails_and_the_site_keeps_serv
             assert run.returncode != 0
             assert 'key values mismatch' in run.output and "The site's files are back as they were" in run.output, \
                 run.output
-            assert on_host(host, lab, files) == served
-            host.ssh('nginx', '-t', key=lab.key)
+            assert on_host(host, files) == served
+            host.ssh('nginx', '-t')
             assert curl('--resolve', f'{NAME}:443:{host.address}', '--cacert', str(ca), '--data', ECHO,
                         f'https://{NAME}/api/v0/echo/read')[0] == '200'
     finally:

@@ -157,16 +157,6 @@ class Proxy:
         self.log.close()
 
 
-def eventually(check, timeout=30, until=bool):
-    """Call check() until until(its result) holds or `timeout` seconds have passed; its last
-    result. For what a deploy sets off but does not wait for, such as nginx's workers taking up a
-    reloaded configuration."""
-    deadline = time.monotonic() + timeout
-    while not until(result := check()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return result
-
-
 def wait_for_port(host, port, timeout, process=None):
     deadline = time.monotonic() + timeout
     while True:
@@ -184,19 +174,21 @@ def wait_for_port(host, port, timeout, process=None):
 
 class Host:
     """One test host: namespace `apiphant-tN`, address 10.231.0.(N+1) (in the default lab), root
-    over SSH with `key`. This kind is Debian SUITE with a tiny init as PID 1 that starts only sshd."""
+    over SSH with the private key `key`, whose `.pub` it authorizes. This kind is Debian SUITE with a
+    tiny init as PID 1 that starts only sshd."""
 
     suite = SUITE
 
-    def __init__(self, number, workdir, tarball, public_key):
+    def __init__(self, number, workdir, tarball, key):
         self.number = number
+        self.key = key
         self.name = f'{PREFIX}{number}'
         self.address = f'{SUBNET}.{number + 1}'
         self.root = workdir / self.name
         self.workdir = workdir
         self.root.mkdir()
         run('tar', '-C', self.root, '--numeric-owner', '-xf', tarball)
-        self._configure(public_key)
+        self._configure(Path(f'{key}.pub').read_text())
         self._install_init()
         self._network()
         self._boot()
@@ -250,9 +242,10 @@ class Host:
         run(*in_ns, 'link', 'set', 'dead0', 'up')
         run(*in_ns, 'route', 'add', 'default', 'via', '192.0.2.2', 'dev', 'dead0')
 
-    def ssh(self, *command, key, check=True):
-        """Run a command on the host as root over SSH; return the completed process."""
-        result = subprocess.run(['ssh', *ssh_options(key), f'root@{self.address}', *command],
+    def ssh(self, *command, key=None, check=True):
+        """Run a command on the host as root over SSH, with the lab's key or `key`; return the
+        completed process."""
+        result = subprocess.run(['ssh', *ssh_options(key or self.key), f'root@{self.address}', *command],
                                 capture_output=True, text=True, timeout=120)
         if check and result.returncode:
             raise RuntimeError(f'{" ".join(command)} on {self.name} failed ({result.returncode}): '
@@ -291,10 +284,10 @@ class SystemdHost(Host):
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT)
         wait_for_port(self.address, 22, self.BOOT_TIMEOUT, self.process)
 
-    def reboot(self, key):
+    def reboot(self):
         """`systemctl reboot` on the host, as its admin would; nspawn ends the container asking for
         a reboot (exit status 133), and the host boots again from the same root."""
-        self.ssh('systemctl', 'reboot', key=key, check=False)  # the connection may drop mid-way
+        self.ssh('systemctl', 'reboot', check=False)  # the connection may drop mid-way
         status = self.process.wait(timeout=self.BOOT_TIMEOUT)
         self.console.close()
         if status != 133:
@@ -374,11 +367,10 @@ class Lab:
             run('ip', 'addr', 'add', f'{GATEWAY}/24', 'dev', BRIDGE)
             run('ip', 'link', 'set', BRIDGE, 'up')
             self.proxy = Proxy(self.workdir, mirror)
-            public_key = Path(f'{self.key}.pub').read_text()
             for number in range(1, count + 1):
-                self.hosts.append(Host(number, self.workdir, tarball, public_key))
+                self.hosts.append(Host(number, self.workdir, tarball, self.key))
             for number in range(count + 1, count + systemd + 1):
-                self.systemd_hosts.append(SystemdHost(number, self.workdir, systemd_tarball, public_key))
+                self.systemd_hosts.append(SystemdHost(number, self.workdir, systemd_tarball, self.key))
         except BaseException:
             self.stop()
             clean()  # a host that failed to boot is in no list yet: found by its namespace
