@@ -137,7 +137,7 @@ def test_root_writes_no_log_through_a_name_the_product_user_swapped_and_nobody_r
     host.ssh('sudo', '-u', 'myproduct', 'sh', '-c', 'mv /opt/myproduct/log /opt/myproduct/shared/ && '
              'mkdir /opt/myproduct/log', check=False)
     # Every reopen: a program's restart, Supervisor's SIGUSR2, nginx's, a forced rotation.
-    on_host(host, 'supervisorctl restart myproduct:myproduct-api-8001 && kill -USR2 "$(supervisorctl pid)" '
+    on_host(host, 'supervisorctl restart myproduct-api-8001 && kill -USR2 "$(supervisorctl pid)" '
                   '&& nginx -s reopen && logrotate -f /etc/logrotate.d/myproduct')
     assert post(host.address, '/api/v0/echo/read', ECHO)[0] == 200  # (nginx writes its access log)
     assert on_host(host, 'ls /etc | grep pwned || true') == ''

@@ -558,8 +558,7 @@ def test_a_requirement_that_ships_only_an_sdist_is_built_into_a_wheel_for_a_host
     try:
         run = command([Path(sys.executable).parent / 'fab', 'deploy', host.address], ROOT / 'deploy', env)
         assert run.returncode == 0, run.output
-        imported = host.ssh('/opt/myproduct/current/venv/bin/python -c "import sdistonly; print(sdistonly.WHERE)"',
-                            key=lab.key)
+        imported = host.ssh('/opt/myproduct/current/venv/bin/python -c "import sdistonly; print(sdistonly.WHERE)"')
         assert imported.stdout.strip() == 'built from its sdist'
     finally:
         requirements.write_text(before)
