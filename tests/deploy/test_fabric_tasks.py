@@ -222,7 +222,9 @@ def test_a_release_that_cannot_start_goes_back_to_the_previous_one_by_itself(dep
     status = fab('status', host.address)
     assert status.returncode == 0, status.output
     assert status.output.count('RUNNING') >= 3 and 'FATAL' not in status.output and 'BACKOFF' not in status.output
-    audit = status.output.splitlines()[-1].split()  # time, who, action, the release tried, commit, outcome
+    # The last line of the audit trail: time, who, action, the release tried, commit, outcome.
+    runs = status.output.split('last runs (fab history for all):', 1)[1].splitlines()[1:]
+    audit = [line for line in runs if not line.startswith('[')][-1].split()
     assert audit[2] == 'deploy' and audit[3] != current.rsplit('/', 1)[-1] and audit[-1] == 'failed'
 
     release_as(echo_file, 'after the failed release')  # the next good release goes out as usual
