@@ -20,6 +20,7 @@ BUILD = ROLES / 'release' / 'files' / 'build-apiphant-wheel'
 DOWNLOAD = ROLES / 'release' / 'files' / 'download-wheels'
 HASH = ROLES / 'stamps' / 'files' / 'hash-role-files'
 STILL_RUNNING = ROLES / 'stamps' / 'files' / 'still-running'
+STOP_PROGRAM = ROLES / 'supervisor' / 'files' / 'stop-program'
 RELEASE_ID = ROLES / 'release' / 'files' / 'release-id'
 PRODUCT_COMMIT = ROLES / 'lock' / 'files' / 'product-commit'
 
@@ -286,7 +287,7 @@ def shell_programs():
 def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
-    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, RELEASE_ID, PRODUCT_COMMIT,
+    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT,
             ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
@@ -299,3 +300,10 @@ def test_shellcheck_passes_on_every_shell_program(tmp_path):
         checked.append(path)
     result = subprocess.run(['shellcheck', *map(str, checked)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stopping_a_program_where_supervisor_is_not_installed_does_nothing(tmp_path):
+    """A host not yet set up (no supervisorctl on its PATH) has nothing to stop: no error, no output."""
+    result = subprocess.run(['/bin/sh', str(STOP_PROGRAM), 'shop-background'], capture_output=True, text=True,
+                            env={'PATH': str(tmp_path)}, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, '', '')
