@@ -67,7 +67,9 @@ def test_an_action_that_waits_cooperatively_is_not_reported(server):
     before = len(reports(server))
     assert call('calls', 'create', {'seconds': 0.6}) == (200, {})
     assert call('calls', 'read', {'seconds': 0.01}) == (200, {})  # (under 50 ms: not reported either)
-    assert reports(server)[before:] == []
+    # The monitor measures wall time: on a loaded machine the kernel may pause the process while the
+    # server's own code runs, and that is truthfully reported as held "by code outside any action".
+    assert [line for line in reports(server)[before:] if 'by the action' in line] == []
     assert not log_has(server, 'Warning'), ''.join(server.log)  # (gevent's about psutil included)
 
 
