@@ -108,13 +108,13 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every server and the cluster
     contenders.lift_fd_limit()
     connection_counts = QUICK_CONNECTIONS if args.quick else CONNECTION_COUNTS
-    started = os.getloadavg()[0]
     with Cluster() as cluster:
+        machine = report.Machine(own_pids=cluster.pids)
         fill(cluster)
         os.environ.update(DATABASE_URL=cluster.url, DATABASE_POOL_SIZE=str(POOL_SIZE),
                           DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT))
         tables = measure(everyone(), args, connection_counts)
-    text = (f'{report.machine()}, {versions()}; {report.load(started, os.getloadavg()[0])}; '
+    text = (f'{report.machine()}, {versions()}; {machine.verdict()}; '
             f'{run.PINNED}, PostgreSQL unpinned; pools of {POOL_SIZE}; {args.rounds} interleaved round(s) x '
             f'{args.seconds} s\n\n{tables}')
     print(text)

@@ -4,9 +4,11 @@ import datetime
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from contenders import HERE
@@ -85,16 +87,53 @@ def machine():
             f'Python {platform.python_version()}, {versions} (commit {commit}), {wrk_version.strip()}')
 
 
-# Over this one-minute load average the other work on the machine shifts ratios by up to 2x: such
-# a run's figures are kept, marked, and claim nothing.
+# Over this one-minute load average, or this many cores busy with other work, the other work on the
+# machine shifts ratios by up to 2x: such a run's figures are kept, marked, and claim nothing.
 QUIET_LOAD = 1.0
+QUIET_OTHER_CORES = 0.2
+TICKS = os.sysconf('SC_CLK_TCK')
 
 
-def load(started, ended):
-    """The load average as the run started and as it ended, and whether the run can claim anything."""
-    verdict = ('quiet machine' if max(started, ended) < QUIET_LOAD else
-               f'**loaded machine (load {QUIET_LOAD:g} or more): these ratios claim nothing**')
-    return f'load average {started:.2f} at the start, {ended:.2f} at the end: {verdict}'
+class Machine:
+    """How quiet the machine was around a benchmark run.
+
+    The load average at the end counts the run's own servers and wrk, so it cannot tell whether
+    anything else ran. What can: the CPU time the whole machine spent (/proc/stat) minus the run's
+    own (this process and its reaped children, and the processes `own_pids()` names, such as a
+    database server the run started, with what they reaped), over the run's wall time."""
+
+    def __init__(self, own_pids=lambda: ()):
+        self.own_pids = own_pids
+        self.load = os.getloadavg()[0]
+        self.wall = time.monotonic()
+        self.other = self._busy() - self._own()
+
+    @staticmethod
+    def _busy():
+        fields = Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / TICKS
+
+    def _own(self):
+        seconds = sum(usage.ru_utime + usage.ru_stime for usage in
+                      (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+        for pid in self.own_pids():
+            try:
+                fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            seconds += sum(int(value) for value in fields[11:15]) / TICKS  # utime stime cutime cstime
+        return seconds
+
+    def verdict(self):
+        """The load before the run, the cores other work used during it, and what the run may claim."""
+        other = max(0.0, (self._busy() - self._own() - self.other) / (time.monotonic() - self.wall))
+        quiet = self.load < QUIET_LOAD and other < QUIET_OTHER_CORES
+        verdict = ('quiet machine' if quiet else
+                   f'**loaded machine (load {QUIET_LOAD:g} or more before the run, or other work over '
+                   f'{QUIET_OTHER_CORES:g} core during it): these ratios claim nothing**')
+        return (f'load average {self.load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (the run\'s '
+                f'own processes included); other work used {other:.2f} cores during the run: {verdict}')
 
 
 def write(title, command, text):

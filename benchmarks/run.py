@@ -18,7 +18,6 @@ one. Only ratios measured in the same run mean anything: the machines are shared
 """
 
 import argparse
-import os
 import shlex
 import shutil
 import signal
@@ -162,7 +161,7 @@ def main():
         raise SystemExit('wrk is not installed (Debian: apt-get install wrk)')
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every server
     contenders.lift_fd_limit()
-    started = os.getloadavg()[0]
+    machine = report.Machine()
     if args.connections:
         servers = [server for server in contenders.everyone() if server.name in CONCURRENCY_CONTENDERS]
         title = 'Concurrency'
@@ -186,7 +185,7 @@ def main():
         title = 'Throughput'
         text = (f'{PINNED}; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
                 + report.throughput(servers, CONNECTION_COUNTS, 'apiphant', *report.BASELINES))
-    text = f'{report.machine()}; {report.load(started, os.getloadavg()[0])}; {text}'
+    text = f'{report.machine()}; {machine.verdict()}; {text}'
     print(text)
     if args.write:
         report.write(title, shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]]), text)
