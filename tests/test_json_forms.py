@@ -3,10 +3,12 @@ without one is a 500 whose log line says where it is and what it is."""
 
 import datetime
 import decimal
+import json
 import uuid
 
 import pytest
 
+from apiphant import errors
 from apiphant.errors import NotJson, encode
 from apiphant.test import call, serve
 
@@ -152,3 +154,21 @@ def test_a_value_that_contains_itself_is_refused():
 
 def test_error_bodies_fall_back_to_text():
     assert encode({'error': 'x', 'explain': b'raw'}, default=str) == b'{"error": "x", "explain": "b\'raw\'"}'
+
+
+SAMPLES = [{'hello': 'world'}, {'a': [1, 2.5, -0.0, 1e300, None, True, False], 'b': {'c': 'é ☃ "\n'}},
+           [], 'text', 3, {'at': datetime.date(2026, 12, 6), 'id': uuid.UUID(int=1)}, (1, 2)]
+
+
+@pytest.mark.parametrize('c_encoder', [True, False], ids=['C encoder', 'Python without one'])
+def test_the_encoder_writes_what_pythons_json_encoder_writes(monkeypatch, c_encoder):
+    """encode() calls Python's C encoder directly (made once) where JSONEncoder.encode would make it on
+    every call; where Python has none, JSONEncoder. Both write JSONEncoder's text, byte for byte."""
+    if not c_encoder:
+        monkeypatch.setattr(errors, 'c_make_encoder', None)
+    write = errors._encoder(errors._form)
+    reference = json.JSONEncoder(separators=(', ', ': '), allow_nan=False, check_circular=False, default=errors._form)
+    for sample in SAMPLES:
+        assert write(sample) == reference.encode(sample)
+    with pytest.raises(ValueError):
+        write({'x': float('nan')})
