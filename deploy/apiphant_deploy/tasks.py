@@ -455,6 +455,14 @@ def sql(target, query):
     return None if result.failed else result.stdout.strip()
 
 
+def must(target, command, failure):
+    """Run a command as root on the host; when it fails, stop, saying `failure` and what it printed."""
+    result = target.run(command)
+    if result.failed:
+        raise Exit(f'[{target.name}] {failure}: {result.stderr.strip() or result.stdout.strip()}')
+    return result
+
+
 def database_targets(c, host):
     """The [db] hosts HOST names; a host of another group is refused, saying so."""
     databases = group_hosts(inventory(c), 'db')
@@ -479,11 +487,8 @@ def repository(c):
 def backup_info(target):
     """The stanza's backups and archive as the repository lists them (pgbackrest info), asked from
     the database host, oldest backup first."""
-    result = target.run(f'runuser -u postgres -- pgbackrest --stanza={quote(stanza(target))} --output=json info')
-    if result.failed:
-        raise Exit(f'[{target.name}] cannot read the repository: pgbackrest info: '
-                   f'{result.stderr.strip() or result.stdout.strip()}')
-    listed = json.loads(result.stdout)
+    listed = json.loads(must(target, f'runuser -u postgres -- pgbackrest --stanza={quote(stanza(target))} '
+                                     f'--output=json info', 'cannot read the repository: pgbackrest info').stdout)
     return listed[0] if listed else {}
 
 
@@ -548,12 +553,9 @@ def backup(c, host=None, backup_type='incr', ask_vault_pass=False):
         reach(target)
         keeper = repository(c)
         step(target.name, f'{backup_type} backup on {keeper.name}')
-        result = keeper.run(f'runuser -u pgbackrest -- pgbackrest --stanza={quote(stanza(target))} '
-                            f'--type={backup_type} --log-level-console=info backup')
-        if result.failed:
-            raise Exit(f'[{target.name}] the backup on {keeper.name} failed: '
-                       f'{result.stderr.strip() or result.stdout.strip()}')
-        print(result.stdout.rstrip())
+        made = must(keeper, f'runuser -u pgbackrest -- pgbackrest --stanza={quote(stanza(target))} '
+                            f'--type={backup_type} --log-level-console=info backup', 'the backup failed')
+        print(made.stdout.rstrip())
         step(target.name, 'backup: done')
 
 
@@ -627,19 +629,18 @@ def restore(c, host=None, time=None, ask_vault_pass=False):
             goal += ['--type=time', f'--target={when.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f+00}',
                      '--target-action=promote']
         step(target.name, f'pgbackrest restore {" ".join(goal)}')
-        result = target.run(f'install -d -o postgres -g postgres -m 0700 {quote(data)} && runuser -u postgres -- '
-                            f'pgbackrest --stanza={quote(stanza(target))} {" ".join(map(quote, goal))} restore')
-        if result.failed:
-            raise Exit(f'[{target.name}] pgbackrest restore failed, PostgreSQL is stopped: '
-                       f'{result.stderr.strip() or result.stdout.strip()}')
+        must(target, f'install -d -o postgres -g postgres -m 0700 {quote(data)} && runuser -u postgres -- '
+                     f'pgbackrest --stanza={quote(stanza(target))} {" ".join(map(quote, goal))} restore',
+             'pgbackrest restore failed, PostgreSQL is stopped')
         step(target.name, f'starting PostgreSQL {version}/{name}: it replays the archived WAL')
-        started = target.run(f'pg_ctlcluster {version} {name} start')
-        if started.failed:
-            raise Exit(f'[{target.name}] PostgreSQL did not start after the restore: '
-                       f'{started.stderr.strip() or started.stdout.strip()}')
+        must(target, f'pg_ctlcluster {version} {name} start', 'PostgreSQL did not start after the restore')
         deadline = monotonic() + PROMOTE_TIMEOUT
         while sql(target, 'select pg_is_in_recovery()') != 'f':
             if monotonic() > deadline:
                 raise Exit(f'[{target.name}] PostgreSQL is still replaying WAL after {PROMOTE_TIMEOUT} s: see its log')
             sleep(0.5)
+        # The checkpointer went to sleep during recovery for checkpoint_timeout, not archive_timeout: a
+        # checkpoint wakes it, so the new timeline's commits are archived within archive_timeout at once.
+        if sql(target, 'checkpoint') is None:
+            raise Exit(f'[{target.name}] PostgreSQL was restored but its first checkpoint failed: see its log')
         step(target.name, 'restore: done, PostgreSQL promoted and writable')
