@@ -34,12 +34,13 @@ def test_the_collection_holds_the_roles_playbooks_and_argument_specs_at_apiphant
         names = set(archive.getnames())
         manifest = json.load(archive.extractfile('MANIFEST.json'))['collection_info']
     assert (manifest['namespace'], manifest['name'], manifest['version']) == ('apiphant', 'deploy', __version__)
-    assert ROLES == ['firewall', 'lock', 'logrotate', 'nginx', 'packages', 'product', 'release', 'stamps', 'supervisor']
+    assert ROLES == ['firewall', 'lock', 'logrotate', 'nginx', 'packages', 'pgbackrest', 'product', 'release', 'stamps',
+                     'supervisor']
     for role in ROLES:
         assert f'roles/{role}/meta/argument_specs.yml' in names
-    assert {'playbooks/site.yml', 'playbooks/rollback.yml', 'playbooks/restart.yml'} <= names
+    assert {'playbooks/site.yml', 'playbooks/rollback.yml', 'playbooks/restart.yml', 'playbooks/backup.yml'} <= names
     # What serves only a checkout: its ansible.cfg, example inventory and the links to the playbooks.
-    assert not names & {'ansible.cfg', 'inventory', 'site.yml', 'rollback.yml', 'restart.yml'}
+    assert not names & {'ansible.cfg', 'inventory', 'site.yml', 'rollback.yml', 'restart.yml', 'backup.yml'}
 
 
 def test_every_role_variable_is_described_with_its_default_in_the_argument_spec():

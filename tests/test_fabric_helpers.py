@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from invoke.exceptions import Exit
 
 from apiphant_deploy import tasks
 
 from support import ROOT
 
 FAB = Path(sys.executable).parent / 'fab'
-TASKS = ('deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock')
+TASKS = ('backup', 'deploy', 'history', 'logs', 'restart', 'restore', 'rollback', 'status', 'unlock')
 
 
 def test_the_failed_task_is_the_last_begun_before_the_first_failure():
@@ -57,6 +58,15 @@ def test_a_sudoer_runs_the_tasks_commands_through_sudo_without_a_password(monkey
     assert root.as_root("tail -n 3 '/opt/shop/log/x.log'") == "tail -n 3 '/opt/shop/log/x.log'"
     assert sudoer.as_root("tail -n 3 '/opt/shop/log/x.log'") == \
         """sudo -n sh -c 'tail -n 3 '"'"'/opt/shop/log/x.log'"'"''"""
+
+
+def test_a_restore_time_is_an_iso_time_with_its_zone():
+    assert tasks.restore_time('2026-12-06 04:20:01.5+00').isoformat() == '2026-12-06T04:20:01.500000+00:00'
+    assert tasks.restore_time('2026-12-06T05:20+01:00').utcoffset().total_seconds() == 3600
+    with pytest.raises(Exit, match='is not a time'):
+        tasks.restore_time('yesterday')
+    with pytest.raises(Exit, match='has no time zone'):
+        tasks.restore_time('2026-12-06 04:20:01')
 
 
 def fab(*args):

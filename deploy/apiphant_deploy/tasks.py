@@ -14,7 +14,11 @@ logs, fast failure, one line per step.
     fab history HOST         the audit trail: every deploy, rollback, restart and unlock
     fab status HOST          releases (current marked), supervisor programs, last log lines,
                              the last lines of the audit trail, the certificate's expiry date
-                             (a warning under 14 days)
+                             (a warning under 14 days); on a [db] host: the last backup's age and
+                             the WAL archive's lag, with a warning when either is too old
+    fab backup HOST          back up the [db] host's database now, on its [backup] host
+    fab restore HOST         restore the [db] host's database from the repository: to a point in
+                             time (--time '2026-12-06 04:30:00+00:00'), or to the newest WAL archived
     fab logs HOST            the API, background and nginx logs (--follow to keep reading);
                              --request ID: every line of that request, in every port's log
 
@@ -42,6 +46,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from shlex import quote
+from time import monotonic, sleep
 
 from cryptography import x509
 from fabric import Connection, task
@@ -50,6 +55,12 @@ from paramiko import RejectPolicy, SSHException
 
 CONNECT_TIMEOUT = 10
 CERTIFICATE_WARN_DAYS = 14
+# When fab status warns about backups, unless the inventory sets backup_warn_hours and
+# archive_warn_seconds: a day's incremental backup with two hours to spare, and WAL waiting for the
+# repository ten times the default archive_timeout.
+BACKUP_WARN_HOURS = 26
+ARCHIVE_WARN_SECONDS = 600
+PROMOTE_TIMEOUT = 600  # seconds a restored database may replay WAL before it is promoted
 REQUEST_ID = re.compile(r'[A-Za-z0-9._-]{1,128}')  # what nginx and apiphant pass on as an X-Request-ID
 # The configuration a fabfile gets from namespace(), before its fabric.yaml and the environment.
 DEFAULTS = {'inventory': 'inventory.ini', 'playbooks': 'apiphant.deploy'}
@@ -259,6 +270,10 @@ OPTION_HELP = {
     'lines': 'how many last lines of each log (default 50)',
     'follow': 'keep reading the logs as they grow (Ctrl-C ends)',
     'request': 'show every line of the request with this X-Request-ID, in every log, rotated ones included',
+    'backup-type': 'incr (the default: what changed since the last backup), diff (since the last full '
+                   'one) or full',
+    'time': "the point in time to restore to, with its time zone: '2026-12-06 04:30:00+00:00' (default: "
+            "the newest WAL in the repository)",
 }
 
 
@@ -308,10 +323,16 @@ def status(c, host=None, ask_vault_pass=False):
     """Show the releases, programs, last log lines and runs, and the certificate of HOST.
 
     Releases newest first, current marked with *; Supervisor's program states; the last lines of
-    each log and of the audit trail; the expiry of the site's certificate (a warning under 14 days)."""
+    each log and of the audit trail; the expiry of the site's certificate (a warning under 14 days).
+    A [db] host shows its backups instead: the last one's age and the WAL archive's lag, with a
+    warning when either is older than backup_warn_hours (26) or archive_warn_seconds (600)."""
     ask_vault_password(c, ask_vault_pass)
+    databases = group_hosts(inventory(c), 'db')
     for target in targets(c, host):
         reach(target)
+        if target.name in databases:
+            backup_status(target)
+            continue
         current = target.run(f'readlink {quote(target.home)}/current').stdout.strip().rsplit('/', 1)[-1]
         releases = target.run(f'ls -1t {quote(target.home)}/releases').stdout.split()
         step(target.name, 'releases (newest first, * current):')
@@ -411,3 +432,215 @@ def history(c, host=None, ask_vault_pass=False):
         reach(target)
         step(target.name, 'audit trail (time, who, action, release, commit, outcome):')
         print(target.run(f'cat {quote(target.home)}/audit.log').stdout.rstrip() or '  (none yet)')
+
+
+# What PostgreSQL's archiver says on the database host, with the host's clock: the newest segment in
+# the repository, the last failure, and how long the oldest segment waiting for the archive has waited.
+ARCHIVER = """select json_build_object(
+    'now', extract(epoch from now()),
+    'archived_wal', last_archived_wal, 'archived', extract(epoch from last_archived_time),
+    'failed_wal', last_failed_wal, 'failed', extract(epoch from last_failed_time),
+    'waiting', (select extract(epoch from min(modification)) from pg_ls_archive_statusdir()
+                where name like '%.ready'))
+from pg_stat_archiver"""
+
+
+def stanza(target):
+    return target.variables.get('pgbackrest_stanza', 'main')
+
+
+def sql(target, query):
+    """Run SQL as postgres on the database host; its output, or None when PostgreSQL does not answer."""
+    result = target.run(f'runuser -u postgres -- psql -qAtX -v ON_ERROR_STOP=1 -c {quote(query)}')
+    return None if result.failed else result.stdout.strip()
+
+
+def must(target, command, failure):
+    """Run a command as root on the host; when it fails, stop, saying `failure` and what it printed."""
+    result = target.run(command)
+    if result.failed:
+        raise Exit(f'[{target.name}] {failure}: {result.stderr.strip() or result.stdout.strip()}')
+    return result
+
+
+def database_targets(c, host):
+    """The [db] hosts HOST names; a host of another group is refused, saying so."""
+    databases = group_hosts(inventory(c), 'db')
+    chosen = targets(c, host)
+    for target in chosen:
+        if target.name not in databases:
+            raise Exit(f'[{target.name}] is not a [db] host of {inventory_path(c)}: backups are of the [db] host')
+    return chosen
+
+
+def repository(c):
+    """The [backup] host, which holds the repository and takes the backups."""
+    listing = inventory(c)
+    hosts = group_hosts(listing, 'backup')
+    if not hosts:
+        raise Exit(f'{inventory_path(c)} has no [backup] host: the repository and the backups are there')
+    target = Target(hosts[0], listing.get('_meta', {}).get('hostvars', {}).get(hosts[0], {}), config=c.config)
+    reach(target)
+    return target
+
+
+def backup_info(target):
+    """The stanza's backups and archive as the repository lists them (pgbackrest info), asked from
+    the database host, oldest backup first."""
+    listed = json.loads(must(target, f'runuser -u postgres -- pgbackrest --stanza={quote(stanza(target))} '
+                                     f'--output=json info', 'cannot read the repository: pgbackrest info').stdout)
+    return listed[0] if listed else {}
+
+
+def moment(epoch):
+    return f'{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S} UTC'
+
+
+def ago(seconds):
+    return f'{seconds / 3600:.1f} h' if seconds >= 3600 else f'{seconds:.0f} s'
+
+
+def backup_status(target):
+    """The database host's last backup and its WAL archive's lag, with a warning when either is too
+    old, when the repository reports a problem, or when the archiver's last attempt failed."""
+    info = backup_info(target)
+    archiver = sql(target, ARCHIVER)
+    state = json.loads(archiver) if archiver else {}
+    now = state.get('now') or float(target.run('date +%s').stdout)
+    warnings = []
+    if info.get('status', {}).get('code', 0):
+        warnings.append(f'the repository reports: {info["status"]["message"]}')
+    backups = info.get('backup', [])
+    step(target.name, f'backups of stanza {stanza(target)}: {len(backups)} in the repository')
+    for backup in backups:
+        print(f'  {backup["type"]:4} {backup["label"]}  ended {moment(backup["timestamp"]["stop"])}')
+    limit = float(target.variables.get('backup_warn_hours', BACKUP_WARN_HOURS)) * 3600
+    if backups:
+        last = backups[-1]
+        age = now - last['timestamp']['stop']
+        step(target.name, f'last backup: {last["type"]} {last["label"]}, {ago(age)} ago')
+        if age > limit:
+            warnings.append(f'the last backup is {ago(age)} old, more than {ago(limit)}: is its schedule running?')
+    else:
+        warnings.append('no backup in the repository: fab backup HOST takes one')
+    if not state:
+        warnings.append('PostgreSQL does not answer: the WAL archive\'s lag is unknown')
+    else:
+        archived = f'{state["archived_wal"]}, {ago(now - state["archived"])} ago' if state['archived'] else 'none yet'
+        waiting = now - state['waiting'] if state['waiting'] else 0
+        step(target.name, f'WAL archive: last segment archived {archived}; the oldest waiting has waited '
+                          f'{ago(waiting)}')
+        if state['failed'] and (not state['archived'] or state['failed'] > state['archived']):
+            warnings.append(f'WAL archiving fails: {state["failed_wal"]} last failed {ago(now - state["failed"])} '
+                            f'ago (PostgreSQL\'s log on the host says why)')
+        lag = float(target.variables.get('archive_warn_seconds', ARCHIVE_WARN_SECONDS))
+        if waiting > lag:
+            warnings.append(f'WAL has waited {ago(waiting)} for the repository, more than {ago(lag)}')
+    for warning in warnings:
+        step(target.name, f'WARNING: {warning}')
+
+
+@host_task
+def backup(c, host=None, backup_type='incr', ask_vault_pass=False):
+    """Back up the database of HOST (a [db] host) now, into the repository on the [backup] host.
+
+    The backup runs on the repository host, as the scheduled ones do; pgBackRest then expires what
+    the retention no longer keeps."""
+    if backup_type not in ('incr', 'diff', 'full'):
+        raise Exit(f'--backup-type {backup_type!r}: incr, diff or full')
+    ask_vault_password(c, ask_vault_pass)
+    for target in database_targets(c, host):
+        reach(target)
+        keeper = repository(c)
+        step(target.name, f'{backup_type} backup on {keeper.name}')
+        made = must(keeper, f'runuser -u pgbackrest -- pgbackrest --stanza={quote(stanza(target))} '
+                            f'--type={backup_type} --log-level-console=info backup', 'the backup failed')
+        print(made.stdout.rstrip())
+        step(target.name, 'backup: done')
+
+
+def restore_time(text):
+    """--time as an aware datetime; a time without a zone is refused, as the host's and this
+    machine's zones may differ."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise Exit(f"--time {text!r} is not a time: give one such as '2026-12-06 04:30:00+00:00'") from None
+    if when.tzinfo is None:
+        raise Exit(f"--time {text!r} has no time zone: add one, such as +00:00 for UTC")
+    return when
+
+
+def cluster(target):
+    """(version, name, status, data folder) of the PostgreSQL cluster to restore, from pg_lsclusters:
+    pgbackrest_pg_version and pgbackrest_pg_cluster of the inventory, else the host's only cluster."""
+    rows = [line.split() for line in target.run('pg_lsclusters -h').stdout.splitlines() if line.strip()]
+    wanted = [row for row in rows
+              if row[0] == str(target.variables.get('pgbackrest_pg_version', row[0]))
+              and row[1] == target.variables.get('pgbackrest_pg_cluster', row[1])]
+    if len(wanted) != 1:
+        raise Exit(f'[{target.name}] cannot tell which PostgreSQL cluster to restore among '
+                   f'{[" ".join(row[:2]) for row in rows]}: set pgbackrest_pg_version and pgbackrest_pg_cluster')
+    version, name, _, status, _, data = wanted[0][:6]
+    return version, name, status, data
+
+
+def archive_current_wal(target):
+    """Put the running database's current WAL into the repository before it is stopped, so that a
+    time up to now can be reached."""
+    wal = sql(target, 'select pg_walfile_name(pg_switch_wal())')
+    deadline = monotonic() + 120
+    while sql(target, f"select last_archived_wal >= '{wal}' from pg_stat_archiver") != 't':
+        if monotonic() > deadline:
+            raise Exit(f'[{target.name}] the current WAL {wal} did not reach the repository in 120 s, so nothing was '
+                       f'restored: fab status HOST shows why archiving fails')
+        sleep(0.5)
+
+
+@host_task
+def restore(c, host=None, time=None, ask_vault_pass=False):
+    """Restore the database of HOST (a [db] host) from the repository, to a time or the newest WAL.
+
+    PostgreSQL is stopped, its data brought back to the time by pgBackRest (--delta: only what
+    differs is copied), started, and promoted once the WAL is replayed up to the time. A time before
+    the oldest backup or in the future is refused, the database untouched."""
+    when = restore_time(time) if time is not None else None
+    ask_vault_password(c, ask_vault_pass)
+    for target in database_targets(c, host):
+        reach(target)
+        info = backup_info(target)
+        ends = [backup['timestamp']['stop'] for backup in info.get('backup', [])]
+        if not ends:
+            raise Exit(f'[{target.name}] the repository holds no backup of stanza {stanza(target)} to restore from')
+        now = float(target.run('date +%s').stdout)
+        if when is not None and when.timestamp() < min(ends):
+            raise Exit(f'[{target.name}] cannot restore to {when}: the oldest backup in the repository ended at '
+                       f'{moment(min(ends))}, and no earlier state is kept')
+        if when is not None and when.timestamp() > now:
+            raise Exit(f'[{target.name}] cannot restore to {when}: it is in the future (the host says {moment(now)})')
+        version, name, status, data = cluster(target)
+        if status.startswith('online'):
+            step(target.name, 'archiving the current WAL')
+            archive_current_wal(target)
+            step(target.name, f'stopping PostgreSQL {version}/{name}')
+            target.run(f'pg_ctlcluster {version} {name} stop -m fast')
+        goal = ['--delta']
+        if when is not None:
+            goal += ['--type=time', f'--target={when.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f+00}',
+                     '--target-action=promote']
+        step(target.name, f'pgbackrest restore {" ".join(goal)}')
+        must(target, f'install -d -o postgres -g postgres -m 0700 {quote(data)} && runuser -u postgres -- '
+                     f'pgbackrest --stanza={quote(stanza(target))} {" ".join(map(quote, goal))} restore',
+             'pgbackrest restore failed, PostgreSQL is stopped')
+        step(target.name, f'starting PostgreSQL {version}/{name}: it replays the archived WAL')
+        must(target, f'pg_ctlcluster {version} {name} start', 'PostgreSQL did not start after the restore')
+        deadline = monotonic() + PROMOTE_TIMEOUT
+        while sql(target, 'select pg_is_in_recovery()') != 'f':
+            if monotonic() > deadline:
+                raise Exit(f'[{target.name}] PostgreSQL is still replaying WAL after {PROMOTE_TIMEOUT} s: see its log')
+            sleep(0.5)
+        # The checkpointer went to sleep during recovery for checkpoint_timeout, not archive_timeout: a
+        # checkpoint wakes it, so the new timeline's commits are archived within archive_timeout at once.
+        if sql(target, 'checkpoint') is None:
+            raise Exit(f'[{target.name}] PostgreSQL was restored but its first checkpoint failed: see its log')
+        step(target.name, 'restore: done, PostgreSQL promoted and writable')

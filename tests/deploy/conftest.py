@@ -48,9 +48,10 @@ def pytest_sessionfinish():
 
 @pytest.fixture(scope='session')
 def lab():
-    # Four Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
-    # for the rest; one Debian 13 host booted by systemd, for the single-host tests and a reboot.
-    lab = testhost.Lab(count=4, systemd=1)
+    # Seven Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
+    # for the rest, a [db] host (index 4) and a [backup] host (index 6); one Debian 13 host booted by
+    # systemd, for the single-host tests and a reboot.
+    lab = testhost.Lab(count=7, systemd=1)
     yield lab
     lab.stop()
 
@@ -79,10 +80,11 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), **variables):
+def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), db=(), backup=(),
+                    **variables):
     """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
     lines = []
-    for group, members in (('api', hosts), ('lb', lb), ('background', background)):
+    for group, members in (('api', hosts), ('lb', lb), ('background', background), ('db', db), ('backup', backup)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
                                    for host in members] + ['']
     values = {
