@@ -48,9 +48,9 @@ def pytest_sessionfinish():
 
 @pytest.fixture(scope='session')
 def lab():
-    # Four Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
-    # for the rest; one Debian 13 host booted by systemd, for the single-host tests and a reboot.
-    lab = testhost.Lab(count=4, systemd=1)
+    # Five Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb], two [api]
+    # and a [db] for the rest; one Debian 13 host booted by systemd, for the single-host tests and a reboot.
+    lab = testhost.Lab(count=5, systemd=1)
     yield lab
     lab.stop()
 
@@ -79,10 +79,11 @@ def product(lab):
     return folder
 
 
-def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), **variables):
-    """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
+def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), db=(), **variables):
+    """An INI inventory of the lab's hosts with the example product's variables; returns its path.
+    The [db] group comes first, as a user's should: `fab deploy all` takes the hosts in its order."""
     lines = []
-    for group, members in (('api', hosts), ('lb', lb), ('background', background)):
+    for group, members in (('db', db), ('api', hosts), ('lb', lb), ('background', background)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
                                    for host in members] + ['']
     values = {
@@ -158,7 +159,8 @@ def command():
 
 @pytest.fixture(scope='session')
 def inventory(lab, product):
-    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], api_ports='[8001]')."""
+    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], db=[host],
+    api_ports='[8001]')."""
     return lambda hosts, **options: write_inventory(lab, product, hosts, **options)
 
 
