@@ -49,8 +49,8 @@ def pytest_sessionfinish():
 @pytest.fixture(scope='session')
 def lab():
     # Seven Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
-    # for the rest, a [db] host (index 4) and a [backup] host (index 6); one Debian 13 host booted by
-    # systemd, for the single-host tests and a reboot.
+    # for the rest, a [db] host (index 4), an existing database the roles never touch (index 5) and a
+    # [backup] host (index 6); one Debian 13 host booted by systemd, for the single-host tests and a reboot.
     lab = testhost.Lab(count=7, systemd=1)
     yield lab
     lab.stop()
@@ -82,9 +82,10 @@ def product(lab):
 
 def write_inventory(lab, product, hosts, file='inventory.ini', lb=(), background=(), db=(), backup=(),
                     **variables):
-    """An INI inventory of the lab's hosts with the example product's variables; returns its path."""
+    """An INI inventory of the lab's hosts with the example product's variables; returns its path.
+    The [db] group comes first, as a user's should: `fab deploy all` takes the hosts in its order."""
     lines = []
-    for group, members in (('api', hosts), ('lb', lb), ('background', background), ('db', db), ('backup', backup)):
+    for group, members in (('db', db), ('api', hosts), ('lb', lb), ('background', background), ('backup', backup)):
         lines += [f'[{group}]'] + [f'{host.name} ansible_host={host.address} ansible_user=root'
                                    for host in members] + ['']
     values = {
@@ -160,7 +161,8 @@ def command():
 
 @pytest.fixture(scope='session')
 def inventory(lab, product):
-    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], api_ports='[8001]')."""
+    """Write an inventory: inventory(api_hosts, file='x.ini', lb=[host], background=[host], db=[host],
+    api_ports='[8001]')."""
     return lambda hosts, **options: write_inventory(lab, product, hosts, **options)
 
 
