@@ -14,7 +14,7 @@ from apiphant_deploy import tasks
 from support import ROOT
 
 FAB = Path(sys.executable).parent / 'fab'
-TASKS = ('deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock')
+TASKS = ('deploy', 'history', 'logs', 'migrations', 'restart', 'rollback', 'status', 'unlock')
 
 
 def test_the_failed_task_is_the_last_begun_before_the_first_failure():
