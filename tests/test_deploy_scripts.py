@@ -5,6 +5,7 @@ import hashlib
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ STILL_RUNNING = ROLES / 'stamps' / 'files' / 'still-running'
 STOP_PROGRAM = ROLES / 'supervisor' / 'files' / 'stop-program'
 RELEASE_ID = ROLES / 'release' / 'files' / 'release-id'
 PRODUCT_COMMIT = ROLES / 'lock' / 'files' / 'product-commit'
+MIGRATE = ROLES / 'release' / 'files' / 'migrate'
 
 
 def run(*command, check=True):
@@ -287,7 +289,7 @@ def shell_programs():
 def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
-    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT,
+    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, MIGRATE,
             ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
@@ -307,3 +309,19 @@ def test_stopping_a_program_where_supervisor_is_not_installed_does_nothing(tmp_p
     result = subprocess.run(['/bin/sh', str(STOP_PROGRAM), 'shop-background'], capture_output=True, text=True,
                             env={'PATH': str(tmp_path)}, timeout=30)
     assert (result.returncode, result.stdout, result.stderr) == (0, '', '')
+
+
+def test_migrating_runs_the_releases_apiphant_with_the_environment_from_stdin(tmp_path):
+    """The release role gives the product's environment file on stdin, as the programs read it (values
+    quoted for sh, any character): the release's own apiphant migrate finds it in its environment."""
+    release = tmp_path / 'release'
+    apiphant = release / 'venv' / 'bin' / 'apiphant'
+    apiphant.parent.mkdir(parents=True)
+    apiphant.write_text('#!/bin/sh\nprintf \'%s|\' "$@" "$DATABASE_URL" "$GREETING"\n')
+    apiphant.chmod(0o755)
+    url = "postgresql://shop:it's $HOME; `x`@db/shop"
+    environment = f"# Ansible managed\nDATABASE_URL={shlex.quote(url)}\nGREETING='a b'\n"
+    result = subprocess.run(['sh', '-c', MIGRATE.read_text(), 'migrate', str(release), 'shop'], input=environment,
+                            capture_output=True, text=True, env={'PATH': os.environ['PATH']}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f'migrate|{release}/shop|{url}|a b|'

@@ -15,7 +15,8 @@ from apiphant_deploy import tasks
 from support import ROOT
 
 FAB = Path(sys.executable).parent / 'fab'
-TASKS = ('backup', 'deploy', 'history', 'logs', 'restart', 'restore', 'rollback', 'status', 'unlock')
+TASKS = ('backup', 'deploy', 'history', 'logs', 'migrations', 'restart', 'restore', 'rollback', 'status',
+         'unlock')
 
 
 def test_the_failed_task_is_the_last_begun_before_the_first_failure():

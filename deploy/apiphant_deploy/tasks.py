@@ -12,6 +12,7 @@ logs, fast failure, one line per step.
     fab unlock HOST          break the deploy lock a killed run (or one on another machine) left,
                              saying whose it was
     fab history HOST         the audit trail: every deploy, rollback, restart and unlock
+    fab migrations HOST      the database migrations of the current release, applied and pending
     fab status HOST          releases (current marked), supervisor programs, last log lines,
                              the last lines of the audit trail, the certificate's expiry date
                              (a warning under 14 days); on a [db] host: the last backup's age and
@@ -61,6 +62,8 @@ CERTIFICATE_WARN_DAYS = 14
 BACKUP_WARN_HOURS = 26
 ARCHIVE_WARN_SECONDS = 600
 PROMOTE_TIMEOUT = 600  # seconds a restored database may replay WAL before it is promoted
+# Seconds fab migrations waits for a deploy that is migrating the same database (its advisory lock).
+MIGRATIONS_LOCK_TIMEOUT = 10
 REQUEST_ID = re.compile(r'[A-Za-z0-9._-]{1,128}')  # what nginx and apiphant pass on as an X-Request-ID
 # The configuration a fabfile gets from namespace(), before its fabric.yaml and the environment.
 DEFAULTS = {'inventory': 'inventory.ini', 'playbooks': 'apiphant.deploy'}
@@ -426,11 +429,12 @@ def unlock(c, host=None, ask_vault_pass=False):
 def history(c, host=None, ask_vault_pass=False):
     """Show every deploy, rollback, restart and unlock of HOST, oldest first.
 
-    Each line: time, user@machine, action, release, product commit, outcome."""
+    Each line: time, user@machine, action, release, product commit, outcome; then, on the host
+    that applied them, the migrations a deploy applied (migrated=ID,ID)."""
     ask_vault_password(c, ask_vault_pass)
     for target in targets(c, host):
         reach(target)
-        step(target.name, 'audit trail (time, who, action, release, commit, outcome):')
+        step(target.name, 'audit trail (time, who, action, release, commit, outcome, migrations applied):')
         print(target.run(f'cat {quote(target.home)}/audit.log').stdout.rstrip() or '  (none yet)')
 
 
@@ -644,3 +648,24 @@ def restore(c, host=None, time=None, ask_vault_pass=False):
         if sql(target, 'checkpoint') is None:
             raise Exit(f'[{target.name}] PostgreSQL was restored but its first checkpoint failed: see its log')
         step(target.name, 'restore: done, PostgreSQL promoted and writable')
+
+
+@host_task
+def migrations(c, host=None, ask_vault_pass=False):
+    """List the database migrations of the current release of HOST, applied and pending.
+
+    The release's own `apiphant migrate --list` runs on the host as the product's user, with the
+    product's settings and secrets (DATABASE_URL); it applies nothing."""
+    ask_vault_password(c, ask_vault_pass)
+    for target in targets(c, host):
+        reach(target)
+        home, release = quote(target.home), quote(f'{target.home}/current')
+        user = quote(target.variables.get('product_user', target.product))
+        command = (f'runuser -u {user} -- {home}/with-environment {release}/venv/bin/apiphant migrate --list '
+                   f'--lock-timeout {MIGRATIONS_LOCK_TIMEOUT} {release}/{quote(target.product)}')
+        step(target.name, 'migrations of the current release (apiphant migrate --list):')
+        result = target.run(f'cd {home} && {command}')
+        print(result.stdout.rstrip())
+        if result.failed:
+            raise Exit(f'[{target.name}] apiphant migrate --list failed (exit {result.exited}): '
+                       f'{result.stderr.strip()}')

@@ -12,6 +12,7 @@ import pytest
 import testhost
 import vagrantlab
 from acmeserver import Pebble
+from database import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / 'playbooks'
@@ -48,12 +49,20 @@ def pytest_sessionfinish():
 
 @pytest.fixture(scope='session')
 def lab():
-    # Seven Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
-    # for the rest, a [db] host (index 4), an existing database the roles never touch (index 5) and a
-    # [backup] host (index 6); one Debian 13 host booted by systemd, for the single-host tests and a reboot.
-    lab = testhost.Lab(count=7, systemd=1)
+    # Eight Debian 12 hosts with a shell as PID 1: one for the single-host tests, an [lb] and two [api]
+    # for the rest, a [db] host (index 4), an existing database the roles never touch (index 5), and a
+    # [backup] host (index 6) with the database it backs up (index 7); one Debian 13 host booted by
+    # systemd, for the single-host tests and a reboot.
+    lab = testhost.Lab(count=8, systemd=1)
     yield lab
     lab.stop()
+
+
+@pytest.fixture(scope='session')
+def external_database(lab):
+    """An existing database the roles never touched, as a managed one is: PostgreSQL installed by hand
+    on lab.hosts[5]; `.url` (postgresql://..., its password random) and `.host`."""
+    return Database(lab.hosts[5])
 
 
 @pytest.fixture(scope='module')

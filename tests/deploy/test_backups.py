@@ -17,7 +17,7 @@ ARCHIVE_TIMEOUT = 5
 @pytest.fixture(scope='module')
 def hosts(lab):
     """(database host, repository host)."""
-    return lab.hosts[4], lab.hosts[6]
+    return lab.hosts[7], lab.hosts[6]
 
 
 def install_postgresql(host):

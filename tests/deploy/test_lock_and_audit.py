@@ -103,6 +103,15 @@ def test_the_lock_is_taken_when_free_and_only_its_holder_releases_it(lock):
     assert oct(path.stat().st_mode & 0o777) == '0o600' and oct(path.parent.stat().st_mode & 0o777) == '0o700'
 
 
+def test_the_audit_line_of_a_run_that_migrated_ends_with_the_migrations_applied(lock):
+    path, home = lock
+    me = holder_line()
+    deploy_lock.take(path, me, 0)
+    entry = ['alice@laptop', 'deploy', 'r2', '-', 'failed', '0002.title,0003.drop-name']
+    assert deploy_lock.main(['release', str(path), me, str(home), *entry]) == 0
+    assert (home / 'audit.log').read_text().split()[1:] == [*entry[:-1], 'migrated=0002.title,0003.drop-name']
+
+
 def test_a_held_flock_delays_taking_the_lock_at_most_its_timeout(lock):
     path, _ = lock
     me = holder_line()

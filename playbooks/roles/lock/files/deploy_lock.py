@@ -15,12 +15,13 @@ an ansible-playbook: a lock taken on another machine is never broken here, only 
     deploy_lock.py stale HELD                      (controller) print HELD if its run is gone
     deploy_lock.py read LOCK                       print the holder, nothing when free
     deploy_lock.py take LOCK HOLDER TIMEOUT [STALE]  take it, or exit 3 printing its holder
-    deploy_lock.py release LOCK HOLDER HOME WHO ACTION RELEASE COMMIT OUTCOME
+    deploy_lock.py release LOCK HOLDER HOME WHO ACTION RELEASE COMMIT OUTCOME [MIGRATIONS]
     deploy_lock.py break LOCK HELD HOME WHO NOTE     free the lock if it still is HELD (fab unlock)
 
 release and break free the lock (break only if it still is HELD), then append a line to HOME/audit.log
-(time, who, action, release, commit, outcome; the release defaults to HOME/current's): a failing
-append (a full disk) never leaves the lock held.
+(time, who, action, release, commit, outcome; the release defaults to HOME/current's; then
+`migrated=ID,ID` when the run applied migrations there): a failing append (a full disk) never
+leaves the lock held.
 """
 
 import errno
@@ -189,13 +190,14 @@ def free(lock, expected, deadline):
         os.close(fd)
 
 
-def audit(home, who, action, release, commit, outcome):
-    """Append one line to HOME/audit.log, root's file in root's folder: never through a link."""
+def audit(home, who, action, release, commit, outcome, migrations=''):
+    """Append one line to HOME/audit.log, root's file in root's folder: never through a link.
+    `migrations`: the ids of those the run applied, comma-separated, on the host that applied them."""
     home = Path(home)
     if not release:
         release = os.path.basename(os.readlink(home / 'current')) if (home / 'current').is_symlink() else '-'
     line = ' '.join((datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ'), who, action, release,
-                     commit or '-', outcome))
+                     commit or '-', outcome) + ((f'migrated={migrations}',) if migrations else ()))
     fd = os.open(home / 'audit.log', os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         os.write(fd, (line + '\n').encode())
