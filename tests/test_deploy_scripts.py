@@ -292,8 +292,8 @@ def shell_programs():
 def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
-    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, APPLY_SYSCTL, RAISE_FD_LIMIT,
-            ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
+    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, APPLY_SYSCTL,
+            RAISE_FD_LIMIT, ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
     checked = []
@@ -343,7 +343,8 @@ def test_programs_behind_reads_a_processs_descriptor_limit():
     programs_behind = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(programs_behind)
     # (Popen returns once sleep runs, its limit set before the exec.)
-    child = subprocess.Popen(['sleep', '30'], preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096)))
+    child = subprocess.Popen(['sleep', '30'],
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096)))
     try:
         assert programs_behind.descriptor_limit(child.pid) == 4096
     finally:
