@@ -1,15 +1,15 @@
 """Which of a product's Supervisor programs do not run as configured, in the order a rolling restart
 takes them: the API ports by port, then the background process. Run by the supervisor role as root.
 
-    programs_behind.py HOME PRODUCT API_HOST MINFDS [--all]
+    programs_behind.py HOME PRODUCT API_HOST [--all]
 
 A program is behind, and gets restarted, when Supervisor's configuration of it changed or is new
 (`supervisorctl reread` says so; `supervisorctl update NAME` applies it to that program alone), when
 it does not run (but one stopped on purpose, STOPPED, stays stopped), when it runs another release
 than HOME/current (its working folder, as Kamal compares the running version), when it started
 before the product's settings (HOME/environment, HOME/with-environment) last changed, when it may
-open fewer descriptors than MINFDS (it started before the role raised Supervisor's limit), or when
-an API port does not answer GET /up. So a run that failed halfway through a rolling restart, or before
+open fewer descriptors than Supervisor now gives (it started before the role raised Supervisor's
+limit), or when an API port does not answer GET /up. So a run that failed halfway through a rolling restart, or before
 it, leaves ports that the next run finds and restarts. With --all every program is taken.
 
 Prints one JSON object: {"programs": [{"program", "port", "how": "update" or "restart", "why"}, ...],
@@ -73,7 +73,7 @@ def answers(host, port):
         return False
 
 
-def why_behind(home, pid, state, settings_changed, host, port, minfds):
+def why_behind(home, pid, state, settings_changed, host, port, descriptors):
     """Why a configured program must restart, '' if it runs as configured."""
     if state == 'STOPPED':
         return ''
@@ -88,14 +88,14 @@ def why_behind(home, pid, state, settings_changed, host, port, minfds):
         return f'runs release {os.path.basename(running)}, current is {os.path.basename(current)}'
     if started(pid) < settings_changed:
         return 'started before the product\'s settings changed'
-    if descriptor_limit(pid) < minfds:
-        return f'may open {descriptor_limit(pid)} descriptors, fewer than supervisor_minfds ({minfds})'
+    if descriptor_limit(pid) < descriptors:
+        return f'may open {descriptor_limit(pid)} descriptors, fewer than Supervisor now gives ({descriptors})'
     if port is not None and not answers(host, port):
         return 'does not answer GET /up'
     return ''
 
 
-def plan(home, product, host, minfds, everything):
+def plan(home, product, host, everything):
     changes = reread()
     running = states()
     ours = re.compile(rf'{re.escape(product)}-(?:api-(\d+)|background)$')
@@ -103,6 +103,7 @@ def plan(home, product, host, minfds, everything):
     configured.sort(key=lambda name: (ours.match(name).group(1) is None, int(ours.match(name).group(1) or 0)))
     settings = [home / name for name in SETTINGS if (home / name).exists()]
     settings_changed = max((path.stat().st_mtime for path in settings), default=0)
+    descriptors = descriptor_limit(int(supervisorctl('pid')))
     programs = []
     for name in configured:
         port = ours.match(name).group(1)
@@ -114,7 +115,7 @@ def plan(home, product, host, minfds, everything):
             how, why = 'update', 'new'
         else:
             how, why = 'restart', 'asked for' if everything and state != 'STOPPED' else why_behind(
-                home, pid, state, settings_changed, host, port, minfds)
+                home, pid, state, settings_changed, host, port, descriptors)
         if why:
             programs.append({'program': name, 'port': port, 'how': how, 'why': why})
     removed = sorted(name for name, change in changes.items() if change == 'disappeared' and ours.match(name))
@@ -123,8 +124,8 @@ def plan(home, product, host, minfds, everything):
 
 
 def main(argv):
-    home, product, host, minfds, *flags = argv
-    print(json.dumps(plan(Path(home), product, host, int(minfds), '--all' in flags)))
+    home, product, host, *flags = argv
+    print(json.dumps(plan(Path(home), product, host, '--all' in flags)))
 
 
 if __name__ == '__main__':
