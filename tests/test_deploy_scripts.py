@@ -27,6 +27,7 @@ RELEASE_ID = ROLES / 'release' / 'files' / 'release-id'
 PRODUCT_COMMIT = ROLES / 'lock' / 'files' / 'product-commit'
 APPLY_SYSCTL = ROLES / 'kernel' / 'files' / 'apply-sysctl'
 RAISE_FD_LIMIT = ROLES / 'supervisor' / 'files' / 'raise-fd-limit'
+DESCRIPTOR_CEILING = ROLES / 'nginx' / 'files' / 'descriptor-ceiling'
 PROGRAMS_BEHIND = ROLES / 'supervisor' / 'files' / 'programs_behind.py'
 
 
@@ -293,7 +294,7 @@ def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
     ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, APPLY_SYSCTL,
-            RAISE_FD_LIMIT, ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
+            RAISE_FD_LIMIT, DESCRIPTOR_CEILING, ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
     checked = []
