@@ -136,11 +136,16 @@ def test_the_host_is_set_for_tens_of_thousands_of_connections(first_run, host):
     api_ports = [str(port) for port in range(8001, 8001 + cpus)]
     sysctl = on_host(host, 'cd /proc/sys/net && cat core/somaxconn ipv4/tcp_max_syn_backlog '
                            'ipv4/ip_local_port_range ipv4/ip_local_reserved_ports').split()
-    assert sysctl == ['65535', '65535', '10240', '65535', '-'.join(dict.fromkeys([api_ports[0], api_ports[-1]]))]
+    if host.ssh('test', '-w', '/proc/sys/net/core/somaxconn', check=False).returncode == 0:
+        assert sysctl == ['65535', '65535', '10240', '65535', '-'.join(dict.fromkeys([api_ports[0], api_ports[-1]]))]
+    else:  # read-only, as systemd-nspawn leaves /proc/sys: each setting kept, and named in the run's output
+        kept = re.findall(r'kept (net\.[a-z0-9_.]+): ', first_run.output)
+        assert kept == ['net.core.somaxconn', 'net.ipv4.tcp_max_syn_backlog', 'net.ipv4.ip_local_port_range',
+                        'net.ipv4.ip_local_reserved_ports'], first_run.output
     # A listening socket's Send-Q is its listen queue: nginx's and every API port's as long as somaxconn.
     listening = [(line.split()[3].rsplit(':', 1)[1], line) for line in on_host(host, 'ss -Hltnp').splitlines()]
     queues = {port: line.split()[2] for port, line in listening}
-    assert {port: queues.get(port) for port in ['80', *api_ports]} == dict.fromkeys(['80', *api_ports], '65535')
+    assert {port: queues.get(port) for port in ['80', *api_ports]} == dict.fromkeys(['80', *api_ports], sysctl[0])
     configuration = on_host(host, 'nginx -T 2>/dev/null')
     assert f'\tworker_connections {worker_connections};' in configuration
     assert f'\nworker_rlimit_nofile {worker_nofile};' in configuration
@@ -254,8 +259,8 @@ def test_a_second_run_changes_nothing(first_run, site, host):
     finally:
         on_host(host, f'umount {read_only}')
     assert run.returncode == 0, run.output
-    kept = 'kept net.core.somaxconn: 65535 (65535 refused here: Read-only file system)'
-    assert kept in ' '.join(run.output.split()), run.output
+    kept = r'kept net\.core\.somaxconn: \d+ \(65535 refused here: Read-only file system\)'
+    assert re.search(kept, ' '.join(run.output.split())), run.output
     recap = run.recap()[host.name]
     assert recap['changed'] == 0 and recap['failed'] == 0, run.output
     assert {task: run.outcome(task, host.name) for task in ROLE_TASKS} == dict.fromkeys(ROLE_TASKS, 'ok')
