@@ -168,6 +168,8 @@ def measure(host, client, connections, seconds):
     errors = result.socket_errors + result.non_2xx
     print(f'{connections:>6} conns: {peak} established after {peak_seconds:.1f} s, {errors} errors, '
           f'{result.requests_per_second:,.0f} req/s, p99 {result.p99_ms:.0f} ms', file=sys.stderr)
+    if not result.requests:  # no wrk summary to read: nothing measured, not zero errors
+        return f'| {connections:,} | {len(loads)} | {peak:,} | {peak_seconds:.1f} | no wrk summary |' + ' |' * 9
     return (f'| {connections:,} | {len(loads)} | {peak:,} | {peak_seconds:.1f} | {errors} '
             f'| {result.requests_per_second:,.0f} '
             f'| {result.p50_ms:.0f} | {result.p99_ms:.0f} '
