@@ -34,8 +34,8 @@ def test_the_collection_holds_the_roles_playbooks_and_argument_specs_at_apiphant
         names = set(archive.getnames())
         manifest = json.load(archive.extractfile('MANIFEST.json'))['collection_info']
     assert (manifest['namespace'], manifest['name'], manifest['version']) == ('apiphant', 'deploy', __version__)
-    assert ROLES == ['firewall', 'lock', 'logrotate', 'nginx', 'packages', 'pgbackrest', 'postgresql', 'product',
-                     'release', 'stamps', 'supervisor']
+    assert ROLES == ['firewall', 'kernel', 'lock', 'logrotate', 'nginx', 'packages', 'pgbackrest', 'postgresql',
+                     'product', 'release', 'stamps', 'supervisor']
     for role in ROLES:
         assert f'roles/{role}/meta/argument_specs.yml' in names
     assert {'playbooks/site.yml', 'playbooks/rollback.yml', 'playbooks/restart.yml', 'playbooks/backup.yml'} <= names

@@ -2,9 +2,11 @@
 them, without a test host; and shellcheck over every shell program of the repository."""
 
 import hashlib
+import importlib.util
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -25,6 +27,10 @@ STOP_PROGRAM = ROLES / 'supervisor' / 'files' / 'stop-program'
 RELEASE_ID = ROLES / 'release' / 'files' / 'release-id'
 PRODUCT_COMMIT = ROLES / 'lock' / 'files' / 'product-commit'
 MIGRATE = ROLES / 'release' / 'files' / 'migrate'
+APPLY_SYSCTL = ROLES / 'kernel' / 'files' / 'apply-sysctl'
+RAISE_FD_LIMIT = ROLES / 'supervisor' / 'files' / 'raise-fd-limit'
+DESCRIPTOR_CEILING = ROLES / 'nginx' / 'files' / 'descriptor-ceiling'
+PROGRAMS_BEHIND = ROLES / 'supervisor' / 'files' / 'programs_behind.py'
 
 
 def run(*command, check=True):
@@ -289,8 +295,8 @@ def shell_programs():
 def test_shellcheck_passes_on_every_shell_program(tmp_path):
     """Templates (.j2) are checked as rendered, with a product's values."""
     programs = shell_programs()
-    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, MIGRATE,
-            ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
+    ours = {BUILD, DOWNLOAD, HASH, STILL_RUNNING, STOP_PROGRAM, RELEASE_ID, PRODUCT_COMMIT, MIGRATE, APPLY_SYSCTL,
+            RAISE_FD_LIMIT, DESCRIPTOR_CEILING, ROOT / 'tests' / 'run', ROOT / 'tools' / 'build-release'}
     assert ours <= set(programs)
     values = {'product_name': 'shop', 'product_home': '/opt/shop', 'ansible_managed': 'Ansible managed'}
     checked = []
@@ -325,3 +331,41 @@ def test_migrating_runs_the_releases_apiphant_with_the_environment_from_stdin(tm
                             capture_output=True, text=True, env={'PATH': os.environ['PATH']}, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f'migrate|{release}/shop|{url}|a b|'
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('unshare'), reason='needs root, for a network namespace')
+def test_apply_sysctl_sets_what_it_may_and_keeps_what_is_read_only(tmp_path):
+    """In a network namespace of its own (its net.* settings are its own): each setting applied and
+    reported once, a read-only one (as /proc/sys in a container) or one the kernel lacks kept and
+    named, never a failure."""
+    settings = tmp_path / 'sysctl.conf'
+    settings.write_text('# comment\nnet.core.somaxconn = 1000\nnet.ipv4.ip_local_port_range = 20000   30000\n'
+                        'net.ipv4.tcp_max_syn_backlog = 3000\nnet.nosuch.setting = 1\n')
+    net = '/proc/sys/net'
+    read_only = f'{net}/ipv4/tcp_max_syn_backlog'
+    script = (f'mount --bind {read_only} {read_only} && mount -o remount,bind,ro {read_only} && '
+              f'cat {net}/core/somaxconn {net}/ipv4/ip_local_port_range {read_only} | tr "\t" " " && '
+              f'sh {APPLY_SYSCTL} {settings} && echo again && sh {APPLY_SYSCTL} {settings}')
+    result = subprocess.run(['unshare', '--net', '--mount', '--propagation', 'private', 'sh', '-c', script],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    somaxconn, port_range, syn_backlog, *lines = result.stdout.splitlines()
+    kept = [f'kept net.ipv4.tcp_max_syn_backlog: {syn_backlog} (3000 refused here: Read-only file system)',
+            'kept net.nosuch.setting: (no such setting on this kernel)']
+    assert lines == [f'set net.core.somaxconn: {somaxconn} -> 1000',
+                     f'set net.ipv4.ip_local_port_range: {port_range} -> 20000 30000', *kept, 'again', *kept]
+
+
+def test_programs_behind_reads_a_processs_descriptor_limit():
+    """The hard limit, which a program started before Supervisor's was raised has too few of."""
+    spec = importlib.util.spec_from_file_location('programs_behind', PROGRAMS_BEHIND)
+    programs_behind = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(programs_behind)
+    # (Popen returns once sleep runs, its limit set before the exec.)
+    child = subprocess.Popen(['sleep', '30'],
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 4096)))
+    try:
+        assert programs_behind.descriptor_limit(child.pid) == 4096
+    finally:
+        child.kill()
+        child.wait()

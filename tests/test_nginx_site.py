@@ -63,8 +63,8 @@ def render(folder, api_ports, nginx_port, trusted_proxies=()):
     subprocess.run([str(ANSIBLE), 'localhost', '-c', 'local', '-m', 'ansible.builtin.template',
                     '-a', f'src={TEMPLATE} dest={site}', '-e', json.dumps(variables)],
                    check=True, capture_output=True, timeout=120, cwd=folder)
-    text = site.read_text().replace(f'listen [::]:{nginx_port} default_server;', '')  # loopback only
-    site.write_text(text.replace(f'listen {nginx_port} default_server;', f'listen 127.0.0.1:{nginx_port};'))
+    text = re.sub(rf'listen \[::\]:{nginx_port} default_server[^;]*;', '', site.read_text())  # loopback only
+    site.write_text(text.replace(f'listen {nginx_port} default_server', f'listen 127.0.0.1:{nginx_port}'))
     (folder / 'nginx.conf').write_text(
         f'daemon off;\nmaster_process off;\npid {folder}/nginx.pid;\nerror_log {folder}/log/nginx-main.log;\n'
         f'events {{ worker_connections 64; }}\n'

@@ -3,6 +3,7 @@ and a Debian 13 host booted by systemd, which is rebooted to show the product co
 
 import http.client
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -109,6 +110,55 @@ def test_configuration_checks_pass(first_run, host):
     assert '/opt/myproduct/log/nginx-*.log' in output
 
 
+MEMORY = "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo"  # Ansible's memtotal_mb
+CEILING = ("awk '/^CapEff:/ {print $2} /^Max open files/ {print $5}' /proc/self/status /proc/self/limits; "
+           "cat /proc/sys/fs/nr_open")
+LIMITS = "awk '/^Max open files/ {print $4, $5}' /proc/%s/limits"
+
+
+def limits(host, pids):
+    """{pid: (soft, hard)}: the descriptor limits of the host's processes."""
+    return {pid: tuple(map(int, on_host(host, LIMITS % pid).split())) for pid in pids}
+
+
+def test_the_host_is_set_for_tens_of_thousands_of_connections(first_run, host):
+    """The kernel's listen queues and local ports, nginx's connections and descriptors, the API
+    processes' descriptors: as the roles size them from the host's memory, in force in the running
+    processes. Within what the host allows a process: fs.nr_open, or where root may not raise its
+    hard limit (no CAP_SYS_RESOURCE, as in a container, and this machine) that limit."""
+    memory = int(on_host(host, MEMORY))
+    capabilities, hard, nr_open = on_host(host, CEILING).split()
+    ceiling = int(nr_open) if int(capabilities, 16) >> 24 & 1 else int(hard)
+    asked = max(1024, min(memory * 8, 131072))
+    worker_connections, worker_nofile = min(asked, ceiling), min(asked * 2, ceiling)
+    minfds = min(max(4096, min(memory * 16, 1048576)), ceiling)
+    cpus = int(on_host(host, 'nproc'))
+    api_ports = [str(port) for port in range(8001, 8001 + cpus)]
+    sysctl = on_host(host, 'cd /proc/sys/net && cat core/somaxconn ipv4/tcp_max_syn_backlog '
+                           'ipv4/ip_local_port_range ipv4/ip_local_reserved_ports').split()
+    if host.ssh('test', '-w', '/proc/sys/net/core/somaxconn', check=False).returncode == 0:
+        assert sysctl == ['65535', '65535', '10240', '65535', '-'.join(dict.fromkeys([api_ports[0], api_ports[-1]]))]
+    else:  # read-only, as systemd-nspawn leaves /proc/sys: each setting kept, and named in the run's output
+        kept = re.findall(r'kept (net\.[a-z0-9_.]+): ', first_run.output)
+        assert kept == ['net.core.somaxconn', 'net.ipv4.tcp_max_syn_backlog', 'net.ipv4.ip_local_port_range',
+                        'net.ipv4.ip_local_reserved_ports'], first_run.output
+    # A listening socket's Send-Q is its listen queue: nginx's and every API port's as long as somaxconn.
+    listening = [(line.split()[3].rsplit(':', 1)[1], line) for line in on_host(host, 'ss -Hltnp').splitlines()]
+    queues = {port: line.split()[2] for port, line in listening}
+    assert {port: queues.get(port) for port in ['80', *api_ports]} == dict.fromkeys(['80', *api_ports], sysctl[0])
+    configuration = on_host(host, 'nginx -T 2>/dev/null')
+    assert f'\tworker_connections {worker_connections};' in configuration
+    assert f'\nworker_rlimit_nofile {worker_nofile};' in configuration
+    workers = on_host(host, "pgrep -fx 'nginx: worker process'").split()
+    assert workers and set(limits(host, workers).values()) == {(worker_nofile,) * 2}
+    assert f'\nminfds={minfds}\n' in on_host(host, 'cat /etc/supervisor/supervisord.conf')
+    programs = limits(host, on_host(host, 'supervisorctl pid all').split())
+    assert len(programs) == cpus + 1 and all(hard >= minfds for _, hard in programs.values()), programs
+    # apiphant raises its own limit to the hard one: each listening API process may use all of it.
+    api = limits(host, [re.search(r'pid=(\d+)', line).group(1) for port, line in listening if port in api_ports])
+    assert len(api) == cpus and all(soft == hard >= minfds for soft, hard in api.values()), api
+
+
 def test_the_product_user_cannot_write_its_code_or_virtualenv(first_run, host):
     for path in ('/opt/myproduct/current/myproduct', '/opt/myproduct/current/venv/bin',
                  '/opt/myproduct/wheels', '/opt/myproduct/log'):
@@ -172,6 +222,7 @@ def test_programs_supervisor_refuses_are_not_left_in_place(first_run, site, host
 ROLE_TASKS = ('product : Create the product user, without a login shell',
               'packages : Install the packages an API host needs',
               "firewall : Check the firewall's ports are port numbers",
+              'kernel : Write the kernel settings, for every boot',
               "supervisor : Write the product's Supervisor programs", 'nginx : Start nginx',
               "logrotate : Write the logrotate configuration of the product's nginx logs")
 
@@ -198,9 +249,18 @@ def test_the_servers_options_come_from_the_inventory(first_run, site, host):
 
 
 def test_a_second_run_changes_nothing(first_run, site, host):
-    # With apiphant_full every role runs, as the first run: the roles themselves change nothing.
-    run = site('-e', 'apiphant_full=true')
+    # With apiphant_full every role runs, as the first run: the roles themselves change nothing. A
+    # kernel setting the host may not change (read-only, as /proc/sys in many containers) is kept
+    # and named, never a failure.
+    read_only = '/proc/sys/net/core/somaxconn'
+    on_host(host, f'mount --bind {read_only} {read_only} && mount -o remount,bind,ro {read_only}')
+    try:
+        run = site('-e', 'apiphant_full=true')
+    finally:
+        on_host(host, f'umount {read_only}')
     assert run.returncode == 0, run.output
+    kept = r'kept net\.core\.somaxconn: \d+ \(65535 refused here: Read-only file system\)'
+    assert re.search(kept, ' '.join(run.output.split())), run.output
     recap = run.recap()[host.name]
     assert recap['changed'] == 0 and recap['failed'] == 0, run.output
     assert {task: run.outcome(task, host.name) for task in ROLE_TASKS} == dict.fromkeys(ROLE_TASKS, 'ok')

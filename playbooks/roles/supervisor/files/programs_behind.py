@@ -7,8 +7,9 @@ A program is behind, and gets restarted, when Supervisor's configuration of it c
 (`supervisorctl reread` says so; `supervisorctl update NAME` applies it to that program alone), when
 it does not run (but one stopped on purpose, STOPPED, stays stopped), when it runs another release
 than HOME/current (its working folder, as Kamal compares the running version), when it started
-before the product's settings (HOME/environment, HOME/with-environment) last changed, or when an
-API port does not answer GET /up. So a run that failed halfway through a rolling restart, or before
+before the product's settings (HOME/environment, HOME/with-environment) last changed, when it may
+open fewer descriptors than Supervisor now gives (it started before the role raised Supervisor's
+limit), or when an API port does not answer GET /up. So a run that failed halfway through a rolling restart, or before
 it, leaves ports that the next run finds and restarts. With --all every program is taken.
 
 Prints one JSON object: {"programs": [{"program", "port", "how": "update" or "restart", "why"}, ...],
@@ -55,6 +56,13 @@ def started(pid):
     return boot + since_boot / os.sysconf('SC_CLK_TCK')
 
 
+def descriptor_limit(pid):
+    """The most descriptors the process may open (its hard limit, to which apiphant raises its own)."""
+    line = next(line for line in Path(f'/proc/{pid}/limits').read_text().splitlines()
+                if line.startswith('Max open files'))
+    return int(line.split()[4])
+
+
 def answers(host, port):
     url = f'http://{f"[{host}]" if ":" in host else host}:{port}/up'
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
@@ -65,7 +73,7 @@ def answers(host, port):
         return False
 
 
-def why_behind(home, pid, state, settings_changed, host, port):
+def why_behind(home, pid, state, settings_changed, host, port, descriptors):
     """Why a configured program must restart, '' if it runs as configured."""
     if state == 'STOPPED':
         return ''
@@ -80,6 +88,8 @@ def why_behind(home, pid, state, settings_changed, host, port):
         return f'runs release {os.path.basename(running)}, current is {os.path.basename(current)}'
     if started(pid) < settings_changed:
         return 'started before the product\'s settings changed'
+    if descriptor_limit(pid) < descriptors:
+        return f'may open {descriptor_limit(pid)} descriptors, fewer than Supervisor now gives ({descriptors})'
     if port is not None and not answers(host, port):
         return 'does not answer GET /up'
     return ''
@@ -93,6 +103,7 @@ def plan(home, product, host, everything):
     configured.sort(key=lambda name: (ours.match(name).group(1) is None, int(ours.match(name).group(1) or 0)))
     settings = [home / name for name in SETTINGS if (home / name).exists()]
     settings_changed = max((path.stat().st_mtime for path in settings), default=0)
+    descriptors = descriptor_limit(int(supervisorctl('pid')))
     programs = []
     for name in configured:
         port = ours.match(name).group(1)
@@ -104,7 +115,7 @@ def plan(home, product, host, everything):
             how, why = 'update', 'new'
         else:
             how, why = 'restart', 'asked for' if everything and state != 'STOPPED' else why_behind(
-                home, pid, state, settings_changed, host, port)
+                home, pid, state, settings_changed, host, port, descriptors)
         if why:
             programs.append({'program': name, 'port': port, 'how': how, 'why': why})
     removed = sorted(name for name, change in changes.items() if change == 'disappeared' and ours.match(name))
