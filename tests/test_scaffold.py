@@ -90,7 +90,8 @@ def test_the_deploy_folder_names_the_collection_and_loads_the_fabric_tasks(shop)
                             timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     tasks = re.findall(r'^  (\w+) ', listed.stdout, re.M)
-    assert tasks == ['deploy', 'history', 'logs', 'restart', 'rollback', 'status', 'unlock']
+    assert tasks == ['backup', 'deploy', 'history', 'logs', 'migrations', 'restart', 'restore', 'rollback', 'status',
+                     'unlock']
 
 
 def test_the_new_products_readme_says_how_to_install_its_tests_and_what_the_deploy_is_tested_on(shop):
