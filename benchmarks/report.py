@@ -94,13 +94,38 @@ QUIET_OTHER_CORES = 0.2
 TICKS = os.sysconf('SC_CLK_TCK')
 
 
+def _processes():
+    """{pid: the fields of /proc/PID/stat after the command's name} of every process now."""
+    processes = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            processes[int(stat.parent.name)] = stat.read_text().rsplit(')', 1)[1].split()
+        except (OSError, ValueError):
+            continue
+    return processes
+
+
+def _descendants(processes, root):
+    """The pids of `root`'s live descendants (the fields' second is the parent's pid)."""
+    children = {}
+    for pid, fields in processes.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, pending = [], list(children.get(root, ()))
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, ()))
+    return found
+
+
 class Machine:
     """How quiet the machine was around a benchmark run.
 
     The load average at the end counts the run's own servers and wrk, so it cannot tell whether
     anything else ran. What can: the CPU time the whole machine spent (/proc/stat) minus the run's
-    own (this process and its reaped children, and the processes `own_pids()` names, such as a
-    database server the run started, with what they reaped), over the run's wall time."""
+    own (this process, its reaped children, its live descendants such as a test host's processes,
+    and the processes `own_pids()` names, such as a database server that left the run's process
+    tree, with their descendants; each with what it reaped), over the run's wall time."""
 
     def __init__(self, own_pids=lambda: ()):
         self.own_pids = own_pids
@@ -117,12 +142,13 @@ class Machine:
     def _own(self):
         seconds = sum(usage.ru_utime + usage.ru_stime for usage in
                       (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
-        for pid in self.own_pids():
-            try:
-                fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            seconds += sum(int(value) for value in fields[11:15]) / TICKS  # utime stime cutime cstime
+        processes = _processes()
+        named = list(self.own_pids())
+        own = {*_descendants(processes, os.getpid()), *named,
+               *(pid for root in named for pid in _descendants(processes, root))}
+        for pid in own:
+            if pid in processes:
+                seconds += sum(int(value) for value in processes[pid][11:15]) / TICKS  # utime stime cutime cstime
         return seconds
 
     def verdict(self):

@@ -19,7 +19,6 @@ req/s, p50 and p99 latency, p99 over the fair latency (report.fairness) and its 
 
 import argparse
 import ctypes
-import os
 import resource
 import shlex
 import shutil
@@ -205,7 +204,7 @@ def main():
 
     # Stopped by SIGTERM (or SIGINT, ignored in a background job), it still removes its lab.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped'))
-    load_started = os.getloadavg()[0]
+    machine = report.Machine()
     lab = testhost.Lab(count=2)
     try:
         host, client = lab.hosts
@@ -222,7 +221,7 @@ def main():
         '| API processes RSS MiB, before / at peak | API KiB per connection '
         '| nginx log lines: out of descriptors or connections |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|', *rows])
-    text = (f'{report.machine()}; {report.load(load_started, os.getloadavg()[0])}; '
+    text = (f'{report.machine()}; {machine.verdict()}; '
             f'one test host (a network namespace on this machine, sharing its CPUs) with nginx and two API ports, '
             f'wrk (1 thread each) in another; {args.seconds} s of load per count; p99 is the highest of the wrk '
             f'processes\' (percentiles do not add up); the RSS at peak is under load, requests in flight included; '

@@ -83,19 +83,12 @@ class Cluster:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def pids(self):
-        """The server's processes: the postmaster (whose CPU counts its ended backends) and its live children."""
+        """The server's process, the postmaster (its backends are its children), once it runs."""
         try:
             postmaster = int((self.data / 'postmaster.pid').read_text().split('\n', 1)[0])
         except (OSError, ValueError):
             return []
-        children = []
-        for stat in Path('/proc').glob('[0-9]*/stat'):
-            try:
-                if int(stat.read_text().rsplit(')', 1)[1].split()[1]) == postmaster:
-                    children.append(int(stat.parent.name))
-            except (OSError, ValueError, IndexError):
-                continue
-        return [postmaster, *children]
+        return [postmaster]
 
     def query(self, sql, *params):
         """All rows of one statement, on a connection of its own (closed at once)."""
