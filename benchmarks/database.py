@@ -18,7 +18,6 @@ connections: non-2xx rather than wrk's timeouts), the others wait as their defau
 
 import argparse
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -117,9 +116,7 @@ def main():
     text = (f'{report.machine()}, {versions()}; {machine.verdict()}; '
             f'{run.PINNED}, PostgreSQL unpinned; pools of {POOL_SIZE}; {args.rounds} interleaved round(s) x '
             f'{args.seconds} s\n\n{tables}')
-    print(text)
-    if args.write:
-        report.write('Database', shlex.join(['python', 'benchmarks/database.py', *sys.argv[1:]]), text)
+    report.publish('Database', text, args.write)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -160,6 +161,15 @@ class Machine:
                    f'{QUIET_OTHER_CORES:g} core during it): these ratios claim nothing**')
         return (f'load average {self.load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (the run\'s '
                 f'own processes included); other work used {other:.2f} cores during the run: {verdict}')
+
+
+def publish(title, text, to_results):
+    """Print a run's section and, with --write (`to_results`), put it into RESULTS.md under the
+    command that made it."""
+    print(text)
+    if to_results:
+        script = Path(sys.argv[0]).name
+        write(title, shlex.join(['python', f'benchmarks/{script}', *sys.argv[1:]]), text)
 
 
 def write(title, command, text):

@@ -18,7 +18,6 @@ one. Only ratios measured in the same run mean anything: the machines are shared
 """
 
 import argparse
-import shlex
 import shutil
 import signal
 import socket
@@ -186,9 +185,7 @@ def main():
         text = (f'{PINNED}; {args.rounds} interleaved round(s) x {args.seconds} s\n\n'
                 + report.throughput(servers, CONNECTION_COUNTS, 'apiphant', *report.BASELINES))
     text = f'{report.machine()}; {machine.verdict()}; {text}'
-    print(text)
-    if args.write:
-        report.write(title, shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]]), text)
+    report.publish(title, text, args.write)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ req/s, p50 and p99 latency, p99 over the fair latency (report.fairness) and its 
 import argparse
 import ctypes
 import resource
-import shlex
 import shutil
 import signal
 import statistics
@@ -227,9 +226,7 @@ def main():
             f'processes\' (percentiles do not add up); the RSS at peak is under load, requests in flight included; '
             f'this machine\'s descriptor limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,}, which root '
             f'{"may" if can_raise_limits() else "may not"} raise; on the host: {context}\n\n{table}\n')
-    print(text)
-    if args.write:
-        report.write('Users', shlex.join(['python', 'benchmarks/users.py', *sys.argv[1:]]), text)
+    report.publish('Users', text, args.write)
 
 
 if __name__ == '__main__':
